@@ -1,0 +1,137 @@
+"""Restoring images with a compact model: the sampling recipe a trained model carries, and tiled inference.
+
+A compact restorer works in pixel space scaled to [-1, 1] and is conditioned on the LQ image. Its recipe says how
+it samples: the grid, the grid indices it visits (all of them for the K-step ODE teacher, a few for a distilled
+student), the LQ weight of the start state (Eq. (17)) and the negative-LQ-guidance strength (Eq. (19)-(20)). The
+trainer stores the recipe in the exported file's metadata; ``restore`` reads it back.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .checks import require_finite, require_image_batch
+from .grids import grid_from_description
+
+RECIPE_KEY = "trajir_recipe"
+
+
+@dataclass
+class Recipe:
+    grid: dict                                  # grids.*.describe()
+    path: list = field(default_factory=list)    # grid indices visited, increasing, ending at the clean end
+    lq_weight: float = None                     # weight of the LQ image in the start state (None: the schedule's)
+    ngs_w: float = 0.0                          # negative LQ guidance strength inside each jump
+    task: str = ""
+    note: str = ""
+
+    def __post_init__(self):
+        grid = grid_from_description(self.grid)
+        if not self.path:
+            self.path = list(range(grid.steps + 1))
+        self.path = [int(i) for i in self.path]
+        if (len(self.path) < 2 or any(b <= a for a, b in zip(self.path, self.path[1:]))
+                or self.path[0] < 0 or self.path[-1] != grid.steps):
+            raise ValueError(f"recipe path must increase from a start index to the clean end {grid.steps}, "
+                             f"got {self.path}")
+        if self.lq_weight is not None and not 0.0 <= self.lq_weight <= 1.0:
+            raise ValueError(f"recipe lq_weight must lie in [0, 1], got {self.lq_weight}")
+
+    @property
+    def nfe(self):
+        return len(self.path) - 1
+
+    def to_json(self):
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls(**json.loads(text))
+
+
+def to_state(images):
+    return images * 2 - 1
+
+
+def to_images(states):
+    return ((states + 1) / 2).clamp(0, 1)
+
+
+def sample_path(predict, grid, path, lq_state, noise, lq_weight=None, ngs_w=0.0):
+    """Run the jumps of ``path`` from the Eq. (17) start: ``predict(x, index) -> pred`` (v or eps)."""
+    x = grid.lq_start(lq_state, noise, path[0], lq_weight)
+    for a, b in zip(path, path[1:]):
+        pred = grid.guide(predict(x, a), x, lq_state, a, ngs_w)
+        x = grid.jump(x, pred, a, b)
+    return x
+
+
+@torch.no_grad()
+def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
+    """Restore ``lq`` ``[B, 3, H, W]`` (0..1) with ``model`` following ``recipe``; returns images in 0..1.
+
+    ``tile > 0`` processes overlapping tiles of that size and blends them (large images on small memory); the
+    noise is drawn once for the whole image (CPU, from ``seed``), so tiles agree where they overlap.
+    ``progress(done, total)`` is called after each tile.
+    """
+    require_image_batch("lq", lq)
+    require_finite("lq", lq)
+    if lq.min() < 0 or lq.max() > 1:
+        raise ValueError(f"lq must hold values in 0..1, got {float(lq.min()):.3g}..{float(lq.max()):.3g}")
+    grid = grid_from_description(recipe.grid)
+    device = next(model.parameters()).device
+    noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(int(seed)))
+    lq_state = to_state(lq.float())
+
+    def run(lq_part, noise_part):
+        lq_part, noise_part = lq_part.to(device), noise_part.to(device)
+        out = sample_path(lambda x, i: model(x, lq_part, grid.model_time(i, x.shape[0]).to(device)),
+                          grid, recipe.path, lq_part, noise_part, recipe.lq_weight, recipe.ngs_w)
+        return out.cpu()
+
+    h, w = lq.shape[-2:]
+    if tile <= 0 or (h <= tile and w <= tile):
+        out = run(lq_state, noise)
+        if progress is not None:
+            progress(1, 1)
+        return to_images(out)
+    if overlap < 0 or overlap >= tile:
+        raise ValueError(f"overlap must lie in [0, tile), got overlap={overlap}, tile={tile}")
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    total = torch.zeros(lq.shape[0], 3, h, w)
+    weight = torch.zeros(1, 1, h, w)
+    done = 0
+    for y in ys:
+        for x in xs:
+            sl = (..., slice(y, y + tile), slice(x, x + tile))
+            part = run(lq_state[sl], noise[sl])
+            ramp = _window(part.shape[-2], part.shape[-1], overlap, y > 0, y + tile < h, x > 0, x + tile < w)
+            total[sl] += part * ramp
+            weight[sl] += ramp
+            done += 1
+            if progress is not None:
+                progress(done, len(ys) * len(xs))
+    return to_images(total / weight)
+
+
+def _starts(length, tile, overlap):
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    step = (length - tile) / (n - 1)
+    return [round(i * step) for i in range(n)]
+
+
+def _window(h, w, overlap, top, bottom, left, right):
+    """Blending weights of one tile: linear ramps over ``overlap`` pixels on the sides shared with neighbours."""
+    def ramp(n, start, end):
+        r = torch.ones(n)
+        if overlap > 0:
+            edge = torch.linspace(1, overlap, overlap) / (overlap + 1)
+            if start:
+                r[:overlap] = torch.minimum(r[:overlap], edge)
+            if end:
+                r[-overlap:] = torch.minimum(r[-overlap:], edge.flip(0))
+        return r
+    return (ramp(h, top, bottom)[:, None] * ramp(w, left, right)[None, :])[None, None]

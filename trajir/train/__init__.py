@@ -1,0 +1,1 @@
+"""``python -m trajir.train``: configs, data, stages (pretrain, rl, distill, rl+distill), checkpoints, logs."""

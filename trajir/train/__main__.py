@@ -1,0 +1,112 @@
+"""``python -m trajir.train CONFIG.toml [--set key=value ...] [--resume latest|PATH] [--print-config]``
+
+CONFIG is a TOML file, or the name of a shipped config (``python -m trajir.train --list-configs``).
+Distributed: ``torchrun --nproc_per_node=N -m trajir.train CONFIG.toml``.
+
+Analyses (same CONFIG and --set; models are exported compact-model files):
+  python -m trajir.train reproduce CONFIG          pretrain -> RL -> distill, evaluate, print Table XII
+  python -m trajir.train evaluate CONFIG MODEL...  held-out PSNR / SSIM of exported models
+  python -m trajir.train analyze-cost CONFIG --set run.init=TEACHER [--out cost.png]   (Fig. 2)
+  python -m trajir.train plot-trajectories CONFIG MODEL... [--out traj.png]             (Fig. 7)
+"""
+import argparse
+import os
+import pathlib
+import sys
+
+from .config import load_config, valid_keys
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs():
+    return sorted(p.name for p in CONFIG_DIR.glob("*.toml"))
+
+
+def resolve_config(name):
+    """A path as given, or a shipped config by file name (with or without ``.toml``)."""
+    if os.path.isfile(name):
+        return name
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.toml"):
+        if candidate.is_file():
+            return str(candidate)
+    raise SystemExit(f"trajir.train: config {name!r} not found; give a TOML file or one of: "
+                     f"{', '.join(shipped_configs())}")
+
+
+COMMANDS = ("reproduce", "evaluate", "analyze-cost", "plot-trajectories")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m trajir.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="TOML file or shipped config name")
+    p.add_argument("models", nargs="*", help="exported models (evaluate, plot-trajectories)")
+    p.add_argument("--out", help="output PNG (analyze-cost, plot-trajectories)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set optim.lr=1e-4")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint or a folder")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
+    p.add_argument("--list-keys", action="store_true", help="list every config key and exit")
+    return p
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else None
+    args = parser().parse_args(argv)
+    if args.list_configs:
+        print("\n".join(shipped_configs()))
+        return 0
+    if args.list_keys:
+        print("\n".join(valid_keys()))
+        return 0
+    if args.config is None:
+        parser().print_help()
+        return 2
+    try:
+        cfg = load_config(resolve_config(args.config), args.overrides)
+    except ValueError as e:
+        raise SystemExit(f"trajir.train: {e}") from None
+    if args.print_config:
+        print(cfg.to_toml())
+        return 0
+    if command is not None:
+        return run_command(command, cfg, args)
+    from .loop import train
+
+    status = train(cfg, resume=args.resume)
+    return 0 if status == "done" else 130
+
+
+def run_command(command, cfg, args):
+    from . import analysis
+
+    if command == "reproduce":
+        from .reproduce import reproduce
+
+        reproduce(cfg)
+    elif command == "evaluate":
+        if not args.models:
+            raise SystemExit("trajir.train evaluate: name at least one exported model file")
+        for path in args.models:
+            result = analysis.evaluate_file(path, cfg)
+            print(path + ": " + ", ".join(f"{k} {v:.4f}" if k != "nfe" else f"nfe {v}" for k, v in result.items()))
+    elif command == "analyze-cost":
+        out = args.out or os.path.join(cfg["run.out_dir"], "cost.png")
+        result = analysis.analyze_cost(cfg, out)
+        for m, best in result["best_paths"].items():
+            print(f"{m} jump(s): path {best['path']}, cost {best['cost']:.4f}")
+        print(f"wrote {out}")
+    else:
+        if not args.models:
+            raise SystemExit("trajir.train plot-trajectories: name the exported models to compare")
+        out = args.out or os.path.join(cfg["run.out_dir"], "trajectories.png")
+        analysis.trajectories(cfg, args.models, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

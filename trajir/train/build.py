@@ -1,0 +1,82 @@
+"""Turning a config into the objects of a run: data, the model family, the grid."""
+import math
+
+from ..data import Loader, PairedFolders, SyntheticPairs, TaskMix, list_images, sample_images, split_holdout
+from ..grids import RFGrid, VPGrid
+from ..models import CompactUNet, CompactUNetConfig, load
+
+EPOCH_SAMPLES = 512  # samples per data epoch when the folders hold fewer (crops and degradations are redrawn)
+
+
+def parse_task_mix(text):
+    """``"lowlight"`` or ``"sr:3,denoise:1"`` -> ``[("sr", 3.0), ("denoise", 1.0)]``."""
+    parts = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        name, _, weight = item.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"data.task: weight of {name!r} must be a number, got {weight!r}") from None
+        if not w > 0:
+            raise ValueError(f"data.task: weight of {name!r} must be > 0, got {w}")
+        parts.append((name.strip(), w))
+    if not parts:
+        raise ValueError("data.task is empty; name a task (e.g. lowlight) or a mix (sr:3,denoise:1)")
+    return parts
+
+
+def build_grid(cfg):
+    if cfg["model.param"] == "rf":
+        return RFGrid.uniform(cfg["sampling.steps"], cfg["sampling.shift"])
+    return VPGrid.linear(cfg["sampling.steps"], cfg["sampling.beta_start"], cfg["sampling.beta_end"])
+
+
+def build_datasets(cfg):
+    """``(train dataset, [validation datasets])``; every file is checked here, before training starts."""
+    seed, crop, holdout = cfg["run.seed"], cfg["data.crop"], cfg["data.holdout"]
+    val_crop = cfg["data.val_crop"] or None
+    if cfg["data.paired_dir"]:
+        names = PairedFolders(cfg["data.paired_dir"]).names
+        train_names, val_names = split_holdout(names, holdout) if holdout else (names, [])
+        train = [(PairedFolders(cfg["data.paired_dir"], crop=crop, seed=seed, names=train_names), 1.0)]
+        val = [PairedFolders(cfg["data.paired_dir"], crop=val_crop, seed=seed + 1, names=val_names, hflip=False)]
+        val = val if val_names else []
+    else:
+        files = list_images(cfg["data.clean_dir"], "data.clean_dir") if cfg["data.clean_dir"] else sample_images()
+        train_files, val_files = split_holdout(files, holdout) if holdout else (files, [])
+        tasks = parse_task_mix(cfg["data.task"])
+        train = [(SyntheticPairs(train_files, task, seed=seed, crop=crop), w) for task, w in tasks]
+        val = [SyntheticPairs(val_files, task, seed=seed + 1, crop=val_crop, hflip=False)
+               for task, _ in tasks] if val_files else []
+    total = sum(len(d) for d, _ in train)
+    mix = TaskMix(train, seed=seed, length=max(total, EPOCH_SAMPLES))
+    return mix, val
+
+
+def build_loader(cfg, dataset, env):
+    return Loader(dataset, cfg["run.batch_size"], seed=cfg["run.seed"], rank=env.rank, world_size=env.world_size)
+
+
+def compact_config(cfg):
+    preset = {"tiny": CompactUNetConfig.tiny, "small": CompactUNetConfig.small,
+              "medium": CompactUNetConfig.medium}[cfg["model.preset"]](param=cfg["model.param"])
+    if cfg["model.base_channels"] > 0:
+        width = cfg["model.base_channels"]
+        groups = math.gcd(width, preset.norm_groups)
+        preset = CompactUNetConfig(**{**preset.to_dict(), "base_channels": width, "norm_groups": groups})
+    return preset
+
+
+def build_compact(cfg, init=None):
+    """A compact U-Net from the config, or from ``init`` (a compact-model file) when given."""
+    if init:
+        net = load(init)
+        if net.kind != "compact_unet":
+            raise ValueError(f"run.init {init} holds a {net.kind}, expected a compact model for model.kind=compact")
+        if net.config.param != cfg["model.param"]:
+            raise ValueError(f"run.init {init} is a {net.config.param} model but model.param is "
+                             f"{cfg['model.param']}")
+        return net.train()
+    return CompactUNet(compact_config(cfg), seed=cfg["run.seed"]).train()

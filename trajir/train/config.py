@@ -1,0 +1,210 @@
+"""Training configuration: every key and its default in one place, a TOML file on top, ``--set`` on top of that.
+
+Keys are ``section.name``. A key that is not listed here is an error that lists the valid keys, so a typo never
+silently trains with a default.
+"""
+import copy
+import difflib
+import json
+import tomllib
+
+DEFAULTS = {
+    "run": {
+        "out_dir": "runs/trajir",   # checkpoints, logs, exports and validation grids go here
+        "stage": "pretrain",        # pretrain | rl | distill | rl+distill
+        "seed": 0,
+        "device": "auto",           # auto | cpu | cuda | cuda:N
+        "max_steps": 1000,          # optimiser steps of this stage
+        "batch_size": 8,            # per process, per optimiser step (before gradient accumulation)
+        "grad_accum": 1,
+        "log_every": 10,
+        "save_every": 500,          # checkpoint interval in steps; a final checkpoint is always written
+        "keep_last": 3,             # checkpoints kept on disk (the newest)
+        "val_every": 500,           # 0 disables validation during training
+        "export": "",               # file name of the final export inside out_dir ("" = a name per model kind)
+        "init": "",                 # weights to start from (a previous stage's export or checkpoint folder)
+        "threads": 0,               # torch CPU threads (0 = torch's default)
+    },
+    "model": {
+        "kind": "compact",          # compact | fluxir_controlnet | lq_encoder
+        "param": "rf",              # rf (rectified flow) | vp (noise prediction; compact models only)
+        "preset": "small",          # compact U-Net size: tiny (0.2 M) | small (2.2 M) | medium (18 M)
+        "base_channels": 0,         # > 0 overrides the preset's width
+        "ema_decay": 0.999,         # 0 disables the EMA copy
+    },
+    "data": {
+        "task": "lowlight",         # synthetic degradation for clean folders, or a "task:weight,task:weight" mix
+        "clean_dir": "",            # folder of clean images ("" = the bundled sample photos)
+        "paired_dir": "",           # folder with lq/ and gt/ (takes precedence over clean_dir)
+        "crop": 64,
+        "holdout": 2,               # images held out for validation (by file, deterministic)
+        "val_crop": 128,            # centre crop of the validation images (0 = whole image)
+        "cache_latents": True,      # FLUX: encode GT / LQ once with the frozen VAE
+        "prompt_embeddings": "",    # FLUX: file written by "TrajIR Save Conditioning" ("" = zeros)
+    },
+    "optim": {
+        "lr": 2e-4,
+        "weight_decay": 0.0,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-8,
+        "warmup_steps": 0,
+        "schedule": "constant",     # constant | cosine
+        "grad_clip": 1.0,           # 0 disables clipping
+    },
+    "sampling": {
+        "steps": 10,                # teacher / evaluation grid (NFE of the ODE)
+        "shift": 0.0,               # rf: FLUX time shift mu of the grid (0 = uniform)
+        "beta_start": 1e-4,         # vp: linear beta schedule of the grid
+        "beta_end": 0.99,
+    },
+    "rl": {
+        "branches": 4,              # N M-SDE branches per sample (the ODE continuation is candidate 0)
+        "reward": "psnr",           # a metric, a preset (psnr, fluxir-unified) or "name:weight,..."
+        "eta_max": 1.0,             # the modulation network's output range
+        "eta_fixed": 0.0,           # > 0: plain-SDE alignment with this fixed eta (Table IX); 0: ModulationMLP
+        "explore_std": 0.15,        # exploration noise on eta around the network's value
+        "branch_steps": "",         # grid indices eligible as branch steps ("" = 0 .. K-2)
+        "refresh_every": 50,        # steps between refreshes of the frozen sampler copy
+        "modulation_lr": 1e-3,
+        "gt_weight": 0.0,           # optional anchor: weight of the flow-matching loss on GT pairs
+    },
+    "distill": {
+        "student_steps": 1,         # M jumps of the student
+        "cost_batches": 4,          # batches averaged for the cost matrix of the step selection
+        "start_index": 0,           # grid index the student starts from (Eq. (17) start time)
+        "lq_weight": -1.0,          # weight of the LQ image in the start state (< 0: the schedule's value)
+        "rho": 0.5,                 # reference = (1 - rho) teacher + rho GT, Eq. (18)
+        "ngs_w": 0.001,             # negative LQ guidance strength inside student jumps, Eq. (19)-(20)
+        "teacher": "",              # teacher weights ("" = the init weights)
+    },
+    "flux": {
+        "base": "",                 # flux1-dev.safetensors (BFL layout)
+        "ae": "",                   # ae.safetensors
+        "base_dtype": "bf16",       # bf16 | fp8 | fp32: storage of the frozen base
+        "gradient_checkpointing": True,
+        "controlnet_depth": 2,
+        "controlnet_scale": 0.9,
+        "guidance": 4.0,
+        "size": "dev",              # dev (real) | tiny (tests)
+        "fsdp": False,              # shard the frozen base across ranks
+    },
+    "reproduce": {                  # python -m trajir.train reproduce: steps of the phases after pretraining
+        "rl_steps": 300,
+        "rl_lr": 2e-5,
+        "distill_steps": 300,
+        "distill_lr": 5e-5,
+    },
+    "val": {
+        "batch_size": 2,
+        "draws": 4,                 # degradations drawn per held-out image (synthetic data)
+        "metrics": "psnr,ssim",     # reward metrics reported on the held-out split
+        "grid": True,               # write a PNG grid LQ | output | GT
+    },
+}
+
+CHOICES = {
+    "run.stage": ("pretrain", "rl", "distill", "rl+distill"),
+    "model.kind": ("compact", "fluxir_controlnet", "lq_encoder"),
+    "model.param": ("rf", "vp"),
+    "model.preset": ("tiny", "small", "medium"),
+    "optim.schedule": ("constant", "cosine"),
+    "flux.base_dtype": ("bf16", "fp8", "fp32"),
+    "flux.size": ("dev", "tiny"),
+}
+
+
+def valid_keys():
+    return [f"{section}.{name}" for section, values in DEFAULTS.items() for name in values]
+
+
+class Config(dict):
+    """A flat ``{"section.name": value}`` mapping with attribute-free, explicit access: ``cfg["optim.lr"]``."""
+
+    def section(self, name):
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.items() if k.startswith(prefix)}
+
+    def to_toml(self):
+        lines = []
+        for section in DEFAULTS:
+            lines.append(f"[{section}]")
+            for name, value in self.section(section).items():
+                lines.append(f"{name} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _unknown(key):
+    close = difflib.get_close_matches(key, valid_keys(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {key!r}.{hint} Valid keys: {', '.join(valid_keys())}")
+
+
+def _coerce(key, value, source):
+    default = DEFAULTS[key.split(".")[0]][key.split(".")[1]]
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"{key} must be {type(default).__name__} (like {default!r}), got {value!r} from {source}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r} from {source}")
+    return value
+
+
+def parse_override(text):
+    """``section.name=value`` with a TOML value; bare words are strings (``run.out_dir=runs/a``)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path=None, overrides=()):
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (``key=value`` strings), all validated."""
+    cfg = Config({f"{s}.{n}": copy.deepcopy(v) for s, values in DEFAULTS.items() for n, v in values.items()})
+    if path is not None:
+        with open(path, "rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path} is not valid TOML: {e}") from e
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise _unknown(section)
+            for name, value in values.items():
+                key = f"{section}.{name}"
+                if key not in cfg:
+                    raise _unknown(key)
+                cfg[key] = _coerce(key, value, str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in cfg:
+            raise _unknown(key)
+        if isinstance(cfg[key], str) and not isinstance(value, str):  # "rl.branch_steps=3" means the text "3"
+            value = text.split("=", 1)[1].strip()
+        cfg[key] = _coerce(key, value, f"--set {text}")
+    for key in ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every",
+                "run.keep_last", "sampling.steps", "rl.branches", "distill.student_steps", "val.batch_size", "val.draws"):
+        if cfg[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    return cfg

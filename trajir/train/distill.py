@@ -1,0 +1,119 @@
+"""Stage ``distill``: cost-aware trajectory distillation, Eq. (16)–(18) (MATH.md §7–8).
+
+Before training, the teacher's K-step ODE trajectories on a few batches give the jump-cost matrix (Eq. (16)) and
+``select_steps`` picks the student's M jumps. The student starts at the LQ-interpolated state of its first grid
+index (Eq. (17)), applies negative LQ guidance inside every jump (Eq. (19)–(20)), and regresses its M-jump output
+onto ``(1 - rho) x_teacher + rho x_gt`` (Eq. (18)), where the teacher started from the same noise.
+"""
+import copy
+import json
+import os
+
+import torch
+
+from ..data import collate
+from ..distill import cost_matrix_rf, cost_matrix_vp, select_steps
+from ..models import load
+from ..restoration import Recipe, sample_path
+from . import randomness
+from .stage_base import Stage
+
+COST_DRAW = 1_000_003  # the data draw of the cost-matrix batches, apart from every training draw
+
+
+def teacher_trajectory(restorer, net, grid, s, noise):
+    """The teacher's full K-step ODE from pure noise: ``(states [K+1, B, ...], predictions [K, B, ...])``."""
+    x = grid.lq_start(s["lq"], noise, 0, 0.0)
+    states, preds = [x], []
+    for i in range(grid.steps):
+        pred = restorer.predict(net, x, grid.model_time(i, x.shape[0]).to(x.device), s["cond"])
+        x = grid.jump(x, pred, i, i + 1)
+        states.append(x)
+        preds.append(pred)
+    return torch.stack(states), torch.stack(preds)
+
+
+@torch.no_grad()
+def cost_analysis(restorer, teacher, dataset, batches, batch_size, seed):
+    """Average jump-cost matrix ``[K+1, K+1]`` of the teacher over ``batches`` fixed batches of ``dataset``."""
+    grid = restorer.grid
+    total = None
+    for j in range(batches):
+        batch = collate([dataset.sample((j * batch_size + i) % len(dataset), COST_DRAW) for i in range(batch_size)])
+        s = restorer.encode(batch)
+        keys = randomness.sample_keys(seed, COST_DRAW, j, 0, 1, batch_size)
+        noise = randomness.normal(keys, 1, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
+        states, preds = teacher_trajectory(restorer, teacher, grid, s, noise)
+        preds = list(preds) + [preds[-1]]  # no jump starts at the clean end; its entry is never used
+        if grid.param == "rf":
+            cost = cost_matrix_rf(list(states), grid.t.tolist(), preds)
+        else:
+            cost = cost_matrix_vp(list(states), grid.alpha.tolist(), grid.sigma.tolist(), preds)
+        total = cost if total is None else total + cost
+    return total / batches
+
+
+def student_path(cost, start, num_steps):
+    """``select_steps`` on the sub-grid from ``start`` to the clean end, as indices of the full grid."""
+    k = cost.shape[0] - 1
+    if not 0 <= start < k:
+        raise ValueError(f"distill.start_index must lie in 0..{k - 1}, got {start}")
+    if num_steps > k - start:
+        raise ValueError(f"distill.student_steps ({num_steps}) exceeds the {k - start} grid steps from "
+                         f"distill.start_index {start}")
+    return [start + i for i in select_steps(cost[start:, start:], num_steps)]
+
+
+class Distill(Stage):
+    name = "distill"
+
+    def __init__(self, cfg, restorer, env):
+        super().__init__(cfg, restorer, env)
+        source = cfg["distill.teacher"] or cfg["run.init"]
+        if source:
+            teacher = load(source).to(restorer.device)
+            if teacher.kind != restorer.trainable().kind:
+                raise ValueError(f"distill.teacher {source} holds a {teacher.kind}, expected a "
+                                 f"{restorer.trainable().kind}")
+        else:
+            teacher = copy.deepcopy(restorer.trainable())
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.start = cfg["distill.start_index"]
+        self.lq_weight = None if cfg["distill.lq_weight"] < 0 else cfg["distill.lq_weight"]
+        self.rho, self.ngs_w = cfg["distill.rho"], cfg["distill.ngs_w"]
+        self.path, self.cost = None, None
+
+    def prepare(self, train_set):
+        """Choose the student's jumps from the teacher's cost matrix (identical on every rank)."""
+        self.cost = cost_analysis(self.restorer, self.teacher, train_set, self.cfg["distill.cost_batches"],
+                                  self.cfg["run.batch_size"], self.cfg["run.seed"])
+        self.path = student_path(self.cost, self.start, self.cfg["distill.student_steps"])
+        if self.env.is_main:
+            os.makedirs(self.cfg["run.out_dir"], exist_ok=True)
+            with open(os.path.join(self.cfg["run.out_dir"], "distill_cost.json"), "w") as f:
+                json.dump({"cost": self.cost.tolist(), "path": self.path}, f)
+        return self.path
+
+    def recipe(self):
+        return Recipe(grid=self.restorer.grid.describe(), path=self.path, lq_weight=self.lq_weight, ngs_w=self.ngs_w,
+                      task=self.cfg["data.task"], note=f"distilled student, {len(self.path) - 1} NFE")
+
+    def loss(self, batch, keys):
+        grid, s = self.restorer.grid, self.restorer.encode(batch)
+        noise = randomness.normal(keys, 1, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
+        with torch.no_grad():
+            states, _ = teacher_trajectory(self.restorer, self.teacher, grid, s, noise)
+        reference = (1 - self.rho) * states[-1] + self.rho * s["x0"]
+        out = sample_path(lambda x, i: self.restorer.predict(self.model, x, grid.model_time(i, x.shape[0]).to(x.device),
+                                                              s["cond"]),
+                          grid, self.path, s["lq"], noise, self.lq_weight, self.ngs_w)
+        loss = ((out.float() - reference.float()) ** 2).mean()     # Eq. (18)
+        return loss, {"distill_loss": loss.detach()}
+
+    def state_dict(self):
+        return {"path": list(self.path)}
+
+    def load_state_dict(self, state):
+        if list(state["path"]) != self.path:
+            raise ValueError(f"the checkpoint's student path {state['path']} differs from the one selected now "
+                             f"{self.path}; was the teacher or the data changed?")

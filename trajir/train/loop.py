@@ -1,0 +1,156 @@
+"""The training loop shared by every stage: optimiser, accumulation, DDP, logging, checkpoints, validation.
+
+A stage supplies ``loss(batch, keys)``, its trainable parameters, ``after_step`` and any extra state; the loop
+reads top to bottom: build, resume, then for each step accumulate, clip, step, log, save, validate.
+"""
+import contextlib
+import math
+import os
+
+import torch
+
+from . import build, checkpoint, distributed, randomness
+from .ema import EMA
+from .metrics_log import MetricsLog
+from .signals import StopRequest
+from .validate import validate
+
+MEMORY_HINT = ("out of memory. Options that reduce memory: run.batch_size (with run.grad_accum to keep the "
+               "effective batch), data.crop, flux.gradient_checkpointing=true, flux.base_dtype=fp8, "
+               "flux.fsdp=true (several GPUs), val.batch_size.")
+
+
+def lr_factor(cfg):
+    warmup, total, schedule = cfg["optim.warmup_steps"], cfg["run.max_steps"], cfg["optim.schedule"]
+
+    def factor(step):  # step counts finished optimiser steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor
+
+
+def make_stage(cfg, env):
+    """The restorer (model family) and the stage object for ``run.stage``."""
+    from .stages import build_stage
+
+    return build_stage(cfg, env)
+
+
+def train(cfg, resume=None):
+    """Run ``cfg``; ``resume`` is None, ``"latest"`` or a checkpoint folder. Returns ``"done"`` or ``"stopped"``."""
+    env = distributed.setup(cfg["run.device"])
+    try:
+        return _train(cfg, resume, env)
+    except torch.cuda.OutOfMemoryError as e:
+        raise SystemExit(f"trajir.train: {MEMORY_HINT} ({e})") from e
+    finally:
+        distributed.teardown(env)
+
+
+def _train(cfg, resume, env):
+    if cfg["run.threads"]:
+        torch.set_num_threads(cfg["run.threads"])
+    torch.manual_seed(cfg["run.seed"])
+    out_dir, seed = cfg["run.out_dir"], cfg["run.seed"]
+    ckpt_root = os.path.join(out_dir, "checkpoints")
+    train_set, val_sets = build.build_datasets(cfg)
+    loader = build.build_loader(cfg, train_set, env)
+    restorer, stage = make_stage(cfg, env)
+    stage.prepare(train_set)
+    trained = restorer.trainable()
+    if env.enabled:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        stage.model = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
+    groups = stage.parameters()
+    params = [p for g in groups for p in g["params"]] if isinstance(groups[0], dict) else groups
+    optimizer = torch.optim.AdamW(groups, lr=cfg["optim.lr"], betas=(cfg["optim.beta1"], cfg["optim.beta2"]),
+                                  eps=cfg["optim.eps"], weight_decay=cfg["optim.weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    ema = EMA(trained, cfg["model.ema_decay"]) if cfg["model.ema_decay"] > 0 else None
+
+    start = 0
+    if resume:
+        folder = checkpoint.resolve_resume(ckpt_root, resume)
+        start, state = checkpoint.load_checkpoint(folder)
+        trained.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["data"])
+        stage.load_state_dict(state["stage"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"]["torch"])
+    if env.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.toml"), "w") as f:
+            f.write(cfg.to_toml())
+    log = MetricsLog(out_dir, cfg["run.max_steps"], start, enabled=env.is_main)
+    if resume and env.is_main:
+        log.message(f"resumed from {folder} at step {start}")
+
+    def save(step):
+        if env.is_main:
+            state = {"model": trained.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "data": loader.state_dict(), "stage": stage.state_dict(),
+                     "rng": {"torch": torch.get_rng_state()}}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            checkpoint.save_checkpoint(ckpt_root, step, state, cfg["run.keep_last"])
+        distributed.barrier(env)
+
+    def weights_for_inference():
+        return ema.copy_of(trained) if ema is not None else trained
+
+    accum, clip = cfg["run.grad_accum"], cfg["optim.grad_clip"]
+    status = "done"
+    with StopRequest() as stop:
+        try:
+            for step in range(start + 1, cfg["run.max_steps"] + 1):
+                trained.train()
+                optimizer.zero_grad(set_to_none=True)
+                totals = {}
+                for micro in range(accum):
+                    batch = loader.next_batch()
+                    keys = randomness.sample_keys(seed, step, micro, env.rank, env.world_size, len(batch["gt"]))
+                    sync = env.enabled and micro < accum - 1
+                    with stage.model.no_sync() if sync else contextlib.nullcontext():
+                        loss, values = stage.loss(batch, keys)
+                        (loss / accum).backward()
+                    for k, v in values.items():
+                        totals[k] = totals.get(k, 0.0) + float(v) / accum
+                stage.before_optimizer_step()
+                if clip > 0:
+                    totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(trained)
+                stage.after_step(step)
+                if step % cfg["run.log_every"] == 0 or step == cfg["run.max_steps"]:
+                    values = distributed.mean_over_ranks(env, totals)
+                    values["lr"] = scheduler.get_last_lr()[0]
+                    log.log(step, values)
+                log.advance()
+                stopping = distributed.any_rank(env, stop.requested)
+                if stopping or step % cfg["run.save_every"] == 0 or step == cfg["run.max_steps"]:
+                    save(step)
+                if cfg["run.val_every"] and step % cfg["run.val_every"] == 0 and val_sets:
+                    if env.is_main:
+                        log.log(step, validate(restorer, weights_for_inference(), stage.recipe(), val_sets, cfg,
+                                               step))
+                    distributed.barrier(env)
+                if stopping:
+                    log.message(f"stopped on request after step {step}; resume with --resume latest")
+                    status = "stopped"
+                    break
+        finally:
+            log.close()
+    if status == "done" and env.is_main:
+        path = stage.export(weights_for_inference(), cfg)
+        print(f"trajir.train: wrote {path}")
+    distributed.barrier(env)
+    return status

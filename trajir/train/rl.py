@@ -1,0 +1,211 @@
+"""Stage ``rl``: reinforcing ODE trajectories with M-SDE branches, Algorithm 1 and Eq. (15) (MATH.md §6.2–6.4).
+
+For each sample: roll out the ODE with the frozen sampler copy, pick a branch step k, explore N M-SDE steps from
+the ODE state with etas from the modulation network plus exploration noise, continue each branch with ODE steps
+to the end, decode and score all N + 1 candidates (the unperturbed ODE continuation is candidate 0), and regress
+one ODE step of the trained model from the ODE state onto the best branch's state at k + 1. Samples where no
+branch beats the ODE contribute nothing; the modulation network moves towards the winning eta (a
+cross-entropy-method update, MATH.md §6.3). Only the ranking of rewards is used, so any reward works.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..align import best_of_n
+from ..modulation import ModulationConfig, ModulationMLP
+from ..restoration import Recipe
+from . import randomness
+from .pretrain import training_state
+from .restorers import repeat_batch
+from .rewarding import make_reward
+from .stage_base import Stage
+
+
+@dataclass
+class Exploration:
+    """Everything one RL batch explored (kept for the loss, logs and tests)."""
+    position: torch.Tensor    # [B] branch position k in the sampling path
+    x_k: torch.Tensor         # [B, ...] ODE state at k
+    x_next: torch.Tensor      # [N + 1, B, ...] candidate states at k + 1 (0 = the ODE step)
+    images: torch.Tensor      # [N + 1, B, 3, H, W] decoded final images of every candidate
+    scores: torch.Tensor      # [N + 1, B] rewards
+    best: torch.Tensor        # [B] winning candidate
+    etas: torch.Tensor        # [N + 1, B] eta of every candidate (0 for the ODE)
+    eta_net: torch.Tensor     # [B] the modulation network's eta (with grad), or None with a fixed eta
+    error: torch.Tensor       # [B] reconstruction error e_k of the clean estimate at k
+
+
+class RLAlign(Stage):
+    name = "rl"
+
+    def __init__(self, cfg, restorer, env):
+        super().__init__(cfg, restorer, env)
+        grid = restorer.grid
+        self.sampler = copy.deepcopy(restorer.trainable()).eval().requires_grad_(False)  # theta_pre
+        self.reward = make_reward(cfg["rl.reward"])
+        self.branches = cfg["rl.branches"]
+        self.eta_fixed, self.eta_max, self.explore_std = cfg["rl.eta_fixed"], cfg["rl.eta_max"], cfg["rl.explore_std"]
+        if self.eta_fixed > self.eta_max:
+            raise ValueError(f"rl.eta_fixed ({self.eta_fixed}) exceeds rl.eta_max ({self.eta_max})")
+        self.modulation = None
+        if self.eta_fixed == 0:
+            self.modulation = ModulationMLP(ModulationConfig(eta_max=self.eta_max, eta_init=self.eta_max / 2))
+            self.modulation.to(restorer.device)
+        self.path, self.lq_weight, self.ngs_w = self.sampling_path(cfg, grid)
+        eligible = [int(s) for s in cfg["rl.branch_steps"].replace(",", " ").split()] if cfg["rl.branch_steps"] \
+            else list(range(len(self.path) - 2))
+        bad = [p for p in eligible if not 0 <= p <= len(self.path) - 3]
+        if not eligible or bad:
+            raise ValueError(f"rl.branch_steps must be positions 0..{len(self.path) - 3} of the {len(self.path) - 1}"
+                             f"-jump sampling path (never the last jump), got {cfg['rl.branch_steps']!r}")
+        self.eligible = eligible
+
+    def sampling_path(self, cfg, grid):
+        """The trajectory RL aligns: the K-step ODE from pure noise (``rl``)."""
+        return list(range(grid.steps + 1)), 0.0, 0.0
+
+    def recipe(self):
+        return Recipe(grid=self.restorer.grid.describe(), path=self.path, lq_weight=self.lq_weight, ngs_w=self.ngs_w,
+                      task=self.cfg["data.task"], note=f"{self.name} aligned, {len(self.path) - 1} steps")
+
+    def parameters(self):
+        groups = [{"params": super().parameters()}]
+        if self.modulation is not None:
+            groups.append({"params": list(self.modulation.parameters()), "lr": self.cfg["rl.modulation_lr"]})
+        return groups
+
+    def _pred(self, net, x, index, s):
+        """Guided prediction of ``net`` at per-sample grid ``index`` (a [len(x)] tensor)."""
+        grid = self.restorer.grid
+        pred = self.restorer.predict(net, x, grid.model_time(index, x.shape[0]).to(x.device), s["cond"])
+        return grid.guide(pred, x, s["lq"], index, self.ngs_w)
+
+    def _chunks(self, n):
+        size = max(1, self.cfg["run.batch_size"])
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def _finish(self, x, position, s):
+        """Continue states ``x`` at path positions ``position`` (per sample) with ODE steps to the end."""
+        grid, path = self.restorer.grid, torch.tensor(self.path, device=x.device)
+        for p in range(int(position.min()), len(self.path) - 1):
+            active = (position <= p).nonzero()[:, 0]
+            for chunk in self._chunks(len(active)):
+                idx = active[chunk]
+                sub = {"cond": {k: v[idx] for k, v in s["cond"].items()}, "lq": s["lq"][idx]}
+                a, b = path[p].expand(len(idx)), path[p + 1].expand(len(idx))
+                x[idx] = grid.jump(x[idx], self._pred(self.sampler, x[idx], a, sub), a, b)
+        return x
+
+    def explore(self, batch, keys):
+        """Algorithm 1, steps 1–5, for one batch (no gradients except through the modulation network's eta)."""
+        grid, n = self.restorer.grid, self.branches
+        s = self.restorer.encode(batch)
+        x0, device = s["x0"], s["x0"].device
+        b = x0.shape[0]
+        path = torch.tensor(self.path, device=device)
+        with torch.no_grad():
+            x = grid.lq_start(s["lq"], randomness.normal(keys, 1, x0.shape[1:], device).to(x0), self.path[0],
+                              self.lq_weight)
+            states = [x]
+            for p in range(len(self.path) - 1):
+                a, c = path[p].expand(b), path[p + 1].expand(b)
+                x = grid.jump(x, self._pred(self.sampler, x, a, s), a, c)
+                states.append(x)
+            states = torch.stack(states)                                    # [P + 1, B, ...]
+            choice = torch.tensor(randomness.integers(keys, 3, 0, len(self.eligible)), device=device)
+            position = torch.tensor(self.eligible, device=device)[choice]    # [B]
+            rows = torch.arange(b, device=device)
+            x_k, ode_next = states[position, rows], states[position + 1, rows]
+            a, c = path[position], path[position + 1]
+            pred_k = self._pred(self.sampler, x_k, a, s)
+            error = ((grid.x0(x_k, pred_k, a) - x0) ** 2).flatten(1).mean(1)
+        t_k = grid.model_time(a, b).to(device)
+        eta_net = self.modulation(error, t_k) if self.modulation is not None else None
+        base = eta_net.detach() if eta_net is not None else torch.full((b,), self.eta_fixed, device=device)
+        jitter = randomness.normal(keys, 4, (n,), device).T if eta_net is not None else torch.zeros(n, b, device=device)
+        etas = (base[None] + self.explore_std * jitter).clamp(0, self.eta_max)          # [N, B]
+        with torch.no_grad():
+            z = randomness.normal(keys, 5, (n, *x0.shape[1:]), device).transpose(0, 1).to(x0)  # [N, B, ...]
+            rep = lambda t: t.repeat(n, *([1] * (t.ndim - 1)))  # noqa: E731  [N*B] in candidate-major order
+            branch = grid.msde(rep(x_k), rep(pred_k), rep(a), rep(c), etas.reshape(-1), z.reshape(n * b, *z.shape[2:]))
+            finals = self._finish(branch.clone(), rep(position) + 1, {"cond": repeat_batch(s["cond"], n),
+                                                                     "lq": rep(s["lq"])})
+            decoded = self.restorer.decode(finals)
+            images = torch.cat([self.restorer.decode(states[-1])[None], decoded.reshape(n, b, *decoded.shape[1:])])
+            best, scores = best_of_n(images.float(), self.reward, reference=batch["gt"].to(device).float(),
+                                     ode_index=0)
+        x_next = torch.cat([ode_next[None], branch.reshape(n, b, *branch.shape[1:])])
+        etas = torch.cat([torch.zeros(1, b, device=device), etas])
+        return Exploration(position, x_k, x_next, images, scores, best, etas, eta_net, error), s
+
+    def loss(self, batch, keys):
+        e, s = self.explore(batch, keys)
+        grid, b = self.restorer.grid, e.x_k.shape[0]
+        rows = torch.arange(b, device=e.x_k.device)
+        path = torch.tensor(self.path, device=e.x_k.device)
+        a, c = path[e.position], path[e.position + 1]
+        won = (e.best > 0).float()                                  # samples where a branch beat the ODE
+        target = e.x_next[e.best, rows].detach()
+        step = grid.jump(e.x_k, self._pred(self.model, e.x_k, a, s), a, c)   # Phi_theta(x_k), with grad
+        per_sample = ((step.float() - target.float()) ** 2).flatten(1).mean(1)
+        loss = (won * per_sample).mean()                            # Eq. (15); exactly 0 when nobody wins
+        logs = {"rl_loss": loss.detach(), "win_rate": won.mean(), "reward_ode": e.scores[0].mean(),
+                "reward_best": e.scores[e.best, rows].mean()}
+        if e.eta_net is not None:
+            eta_loss = (won * (e.eta_net - e.etas[e.best, rows].detach()) ** 2).mean()
+            loss = loss + eta_loss
+            logs.update(eta=e.eta_net.detach().mean(), eta_loss=eta_loss.detach())
+        if self.cfg["rl.gt_weight"] > 0:                            # optional anchor: flow matching on the pairs
+            noise = randomness.normal(keys, 6, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
+            u = randomness.uniform(keys, 7, s["x0"].device)[:, 0]
+            x_t, t, tgt = training_state(grid, s["x0"], noise, u)
+            anchor = ((self.restorer.predict(self.model, x_t, t, s["cond"]).float() - tgt.float()) ** 2).mean()
+            loss = loss + self.cfg["rl.gt_weight"] * anchor
+            logs["anchor_loss"] = anchor.detach()
+        return loss, logs
+
+    def before_optimizer_step(self):
+        """The modulation network is not wrapped in DDP: average its gradients over ranks by hand."""
+        if self.env.enabled and self.modulation is not None:
+            for p in self.modulation.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.env.world_size
+
+    def after_step(self, step):
+        if step % self.cfg["rl.refresh_every"] == 0:  # Algorithm 1 step 7: refresh the frozen sampler copy
+            self.sampler.load_state_dict(self.restorer.trainable().state_dict())
+
+    def state_dict(self):
+        state = {"sampler": self.sampler.state_dict()}
+        if self.modulation is not None:
+            state["modulation"] = self.modulation.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        self.sampler.load_state_dict(state["sampler"])
+        if self.modulation is not None:
+            self.modulation.load_state_dict(state["modulation"])
+
+    def export(self, net, cfg):
+        path = super().export(net, cfg)
+        if self.modulation is not None:
+            self.modulation.save(path.with_name(path.stem + "_modulation.safetensors"))
+        return path
+
+
+class RLDistill(RLAlign):
+    """Stage ``rl+distill`` (the FLUX-IR recipe): RL with guidance on the few-step path that starts at the
+    LQ-interpolated state, Eq. (17), with negative LQ guidance, Eq. (19)–(20), inside every step."""
+
+    name = "rl+distill"
+
+    def sampling_path(self, cfg, grid):
+        start = cfg["distill.start_index"]
+        if not 0 <= start < grid.steps - 1:
+            raise ValueError(f"distill.start_index must lie in 0..{grid.steps - 2} for rl+distill, got {start}")
+        weight = None if cfg["distill.lq_weight"] < 0 else cfg["distill.lq_weight"]
+        return list(range(start, grid.steps + 1)), weight, cfg["distill.ngs_w"]
