@@ -1,8 +1,32 @@
 """ComfyUI adapters: read node inputs, call ``trajir``, wrap results in ComfyUI types.
 
 This is the only place that imports ``comfy``/``folder_paths``, and it does so inside node functions so
-that the pack imports without ComfyUI.
+that the pack imports without ComfyUI. Inside ComfyUI, loading the pack registers the ``models/iqa`` folder
+(the learned reward metrics' weights).
 """
+from .best_of_n import TrajIRBestOfN
+from .comfy_bridge import register_iqa_folder
+from .conditioning import TrajIRSaveConditioning
+from .guider import TrajIRNegativeLQGuidance
+from .initial_state import TrajIRLQInitialState
+from .reward import TrajIRRewardScorer
+from .sampler import TrajIRMSDESampler
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+NODE_CLASS_MAPPINGS = {
+    "TrajIRMSDESampler": TrajIRMSDESampler,
+    "TrajIRLQInitialState": TrajIRLQInitialState,
+    "TrajIRNegativeLQGuidance": TrajIRNegativeLQGuidance,
+    "TrajIRRewardScorer": TrajIRRewardScorer,
+    "TrajIRBestOfN": TrajIRBestOfN,
+    "TrajIRSaveConditioning": TrajIRSaveConditioning,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TrajIRMSDESampler": "TrajIR M-SDE Sampler",
+    "TrajIRLQInitialState": "TrajIR LQ Initial State",
+    "TrajIRNegativeLQGuidance": "TrajIR Negative LQ Guidance",
+    "TrajIRRewardScorer": "TrajIR Reward Scorer",
+    "TrajIRBestOfN": "TrajIR Best-of-N Trajectory Aligner",
+    "TrajIRSaveConditioning": "TrajIR Save Conditioning",
+}
+
+register_iqa_folder()

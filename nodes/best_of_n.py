@@ -1,0 +1,192 @@
+"""TrajIR Best-of-N Trajectory Aligner: the ODE trajectory plus N M-SDE branches through ComfyUI's guider,
+decoded, scored with a TRAJIR_REWARD, the best one returned (MATH.md §6.2, Algorithm 1 steps 2-5).
+
+The branches run inside ``guider.sample`` as a KSAMPLER function (``BranchSampler``), so conditioning, ControlNet,
+model patches and our negative LQ guidance apply exactly as in SamplerCustomAdvanced. The best branch can be
+saved as a ``trajir.branches`` record (x at t_k and t_k+1, t_k, t_k+1, reward) for ``python -m trajir.train``.
+"""
+import torch
+
+from ..trajir.branches import save_branch
+from ..trajir.samplers import check_sigmas
+from .branching import (
+    BRANCH_MODES,
+    ETA_MODES,
+    candidate_etas,
+    check_branch_step,
+    chunk_size,
+    count_model_calls,
+    rollout,
+)
+from .comfy_bridge import (
+    check_interrupt,
+    image_to_bchw,
+    latent_samples,
+    model_latent_channels,
+    output_path,
+    parameterisation,
+)
+
+
+class BranchSampler:
+    """A KSAMPLER function: runs ``rollout`` with ComfyUI's wrapped model and keeps the branch states."""
+
+    def __init__(self, etas, mode, branch_step, batch_size):
+        self.etas, self.mode, self.branch_step, self.batch_size = etas, mode, branch_step, batch_size
+        self.param = self.x_t = self.x_next = self.sigmas = None
+
+    @torch.no_grad()
+    def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
+        import comfy.utils
+
+        extra_args = {} if extra_args is None else extra_args
+        self.param = parameterisation(model.inner_model.model_patcher.get_model_object("model_sampling"))
+        self.sigmas = check_sigmas(sigmas, self.param)
+        chunk = chunk_size(self.batch_size, x.shape[0])
+        total = count_model_calls(len(sigmas) - 1, self.branch_step, self.mode, len(self.etas) - 1, x.shape[0],
+                                  chunk)
+        progress, calls = comfy.utils.ProgressBar(total), [0]
+
+        def before_call():
+            check_interrupt()
+            progress.update_absolute(calls[0], total)
+            calls[0] += 1
+
+        def denoise(xb, sigma):
+            return model(xb, sigma * xb.new_ones([xb.shape[0]]), **extra_args)
+
+        seed = extra_args.get("seed")
+        final, self.x_t, self.x_next = rollout(denoise, x, sigmas, self.etas, self.param, self.mode,
+                                               self.branch_step, 0 if seed is None else seed, chunk, before_call)
+        progress.update_absolute(total, total)
+        return final.reshape(-1, *final.shape[2:])
+
+
+def score_table(scores, best, etas):
+    """A per-image text table of every candidate's reward; ``*`` marks the best (candidate 0 is the ODE)."""
+    lines = ["image  candidate  eta     reward"]
+    for b in range(scores.shape[1]):
+        for n in range(scores.shape[0]):
+            mark = " *" if n == int(best[b]) else ""
+            name = "ode" if n == 0 else str(n)
+            lines.append(f"{b:>5}  {name:>9}  {etas[n]:<6.3f}  {float(scores[n, b]):.6g}{mark}")
+    return "\n".join(lines)
+
+
+class TrajIRBestOfN:
+    """Runs N M-SDE branches next to the ODE trajectory and returns the candidate with the highest reward."""
+
+    DESCRIPTION = ("Best-of-N trajectory alignment (FLUX-IR Eq. (15), Algorithm 1): the ODE trajectory and N M-SDE "
+                   "branches, decoded and scored with a TRAJIR_REWARD; returns the best. Ties go to the ODE. "
+                   "Optionally saves the best branch for python -m trajir.train.")
+    CATEGORY = "TrajIR/alignment"
+    RETURN_TYPES = ("LATENT", "IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("best_latent", "best_image", "candidates", "scores")
+    OUTPUT_TOOLTIPS = ("The best candidate's latent, per image.",
+                       "The best candidate decoded, per image.",
+                       "All candidates decoded, candidate-major: the ODE first, then branch 1..N.",
+                       "A per-image table of every candidate's reward (* marks the best).")
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "guider": ("GUIDER", {"tooltip": "The guider (e.g. TrajIR Negative LQ Guidance or CFGGuider)."}),
+                "noise": ("NOISE", {"tooltip": "The start noise (RandomNoise); its seed also seeds the branches."}),
+                "sigmas": ("SIGMAS", {"tooltip": "The schedule, e.g. from TrajIR LQ Initial State."}),
+                "latent_image": ("LATENT", {"tooltip": "The latent to start from (e.g. TrajIR LQ Initial State)."}),
+                "vae": ("VAE", {"tooltip": "Decodes the candidates for scoring."}),
+                "reward": ("TRAJIR_REWARD", {"tooltip": "The scorer from TrajIR Reward Scorer."}),
+                "candidates": ("INT", {"default": 4, "min": 1, "max": 64,
+                                       "tooltip": "N, the number of M-SDE branches (the ODE is scored as well)."}),
+                "mode": (list(BRANCH_MODES), {"default": "single_step",
+                         "tooltip": "single_step: one M-SDE step at branch_step, then ODE (FLUX-IR); throughout: "
+                                    "M-SDE at every step but the last."}),
+                "branch_step": ("INT", {"default": 5, "min": 0, "max": 10000,
+                                        "tooltip": "The step k that branches (single_step) and whose states are "
+                                                   "saved; at most steps - 2."}),
+                "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
+                                  "tooltip": "M-SDE modulation of the branches."}),
+                "eta_mode": (list(ETA_MODES), {"default": "random",
+                             "tooltip": "fixed: every branch uses eta; random: eta * sqrt(U[0,1)) per branch "
+                                        "(eta^2 uniform, as the FLUX-IR code)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
+                                       "tooltip": "Latents per model call and per VAE decode (rounded down to whole "
+                                                  "image batches)."}),
+            },
+            "optional": {
+                "reference": ("IMAGE", {"tooltip": "Ground truth for full-reference rewards (PSNR, LPIPS)."}),
+                "save_branch": ("BOOLEAN", {"default": False,
+                                            "tooltip": "Save the best branch as a training record (safetensors) "
+                                                       "under ComfyUI's output folder."}),
+                "filename": ("STRING", {"default": "trajir/branches/branch",
+                                        "tooltip": "Record name relative to the output folder; an existing file "
+                                                   "is never overwritten (a _00001 counter is added)."}),
+            },
+        }
+
+    def run(self, guider, noise, sigmas, latent_image, vae, reward, candidates, mode, branch_step, eta, eta_mode,
+            batch_size, reference=None, save_branch=False, filename="trajir/branches/branch"):
+        import comfy.model_management
+        import comfy.sample
+        import comfy.samplers
+
+        from ..trajir.align import best_of_n
+
+        seed = getattr(noise, "seed", None) or 0
+        etas = candidate_etas(candidates, eta, eta_mode, seed)
+        if mode not in BRANCH_MODES:
+            raise ValueError(f"mode must be one of {BRANCH_MODES}, got {mode!r}")
+        check_branch_step(branch_step, len(sigmas) - 1)
+        samples = latent_samples("latent_image", latent_image, model_latent_channels(guider.model_patcher))
+        if "noise_mask" in latent_image:
+            raise ValueError("latent_image has a noise_mask; Best-of-N samples whole latents (no inpainting)")
+        images = samples.shape[0]
+        chunk = chunk_size(batch_size, images)
+        samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, samples)
+        start_noise = noise.generate_noise({**latent_image, "samples": samples})
+        if start_noise.shape != samples.shape:
+            raise ValueError(f"the noise has shape {tuple(start_noise.shape)} but latent_image has shape "
+                             f"{tuple(samples.shape)}; expected equal shapes")
+        ref = None if reference is None else image_to_bchw("reference", reference)
+        if reward.needs_reference and ref is None:
+            raise ValueError("the reward uses a full-reference metric; connect the ground truth to 'reference'")
+
+        runner = BranchSampler(etas, mode, branch_step, batch_size)
+        out = guider.sample(start_noise, samples, comfy.samplers.KSAMPLER(runner), sigmas, denoise_mask=None,
+                            callback=None, disable_pbar=True, seed=seed)
+        out = out.to(comfy.model_management.intermediate_device())
+        decoded = []
+        for part in out.split(chunk):
+            check_interrupt()
+            decoded.append(vae.decode(part))
+        decoded = torch.cat(decoded)
+        pixels = image_to_bchw("the decoded candidates", decoded)
+        candidates_bchw = pixels.reshape(len(etas), images, *pixels.shape[1:])
+        if ref is not None and ref.shape[0] == 1 and images > 1:
+            ref = ref.expand(images, -1, -1, -1)
+        if ref is not None and ref.shape != candidates_bchw.shape[1:]:
+            raise ValueError(f"reference has shape {tuple(ref.shape)} ([B, C, H, W]) but the decoded images have "
+                             f"shape {tuple(candidates_bchw.shape[1:])}; give one reference per image at the "
+                             "output size")
+        best, scores = best_of_n(candidates_bchw, reward, reference=ref, ode_index=0, chunk_size=chunk)
+        best, scores = best.cpu(), scores.cpu()
+        flat = best * images + torch.arange(images)
+        table = score_table(scores, best, etas)
+        if save_branch:
+            table += "\nsaved " + self._save(runner, best, scores, filename, etas)
+        best_latent = {**latent_image, "samples": out[flat]}
+        return (best_latent, decoded[flat], decoded, table)
+
+    @staticmethod
+    def _save(runner, best, scores, filename, etas):
+        rows = torch.arange(best.shape[0])
+        k = runner.branch_step
+        path = output_path(filename)
+        sigma, sigma_next = runner.sigmas[k], runner.sigmas[k + 1]
+        save_branch(path, runner.x_t[best, rows], runner.x_next[best, rows],
+                    torch.full((len(rows),), sigma), torch.full((len(rows),), sigma_next),
+                    scores[best, rows].float().cpu(), param=runner.param,
+                    extra={"mode": runner.mode, "branch_step": k, "eta": [etas[int(n)] for n in best]})
+        return path

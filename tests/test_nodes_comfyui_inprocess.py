@@ -1,0 +1,131 @@
+"""The nodes against real ComfyUI code (library mode, COMFYUI.md §6.3): a tiny random FLUX and a tiny 16-channel
+VAE, our nodes driven through ComfyUI's own SamplerCustomAdvanced / SamplerCustom / CFGGuider / BasicGuider.
+
+One child process (``comfy_harness.inprocess_results``) imports ComfyUI once and measures everything; the tests
+below assert on its numbers. Skipped without $COMFYUI_PATH.
+"""
+import math
+import re
+
+import pytest
+from comfy_harness import inprocess_results
+from conftest import comfyui_path, requires_comfyui
+
+pytestmark = requires_comfyui
+
+
+@pytest.fixture(scope="session")
+def results(tmp_path_factory):
+    return inprocess_results(comfyui_path(), tmp_path_factory.mktemp("comfy_output"))
+
+
+def _check(results, name):
+    out = results[name]
+    assert "crash" not in out, out.get("crash")
+    return out
+
+
+def test_msde_with_eta_0_equals_comfy_euler_under_both_custom_samplers(results):
+    out = _check(results, "sampler")
+    assert out["eta0_vs_euler_advanced"] == 0.0
+    assert out["eta0_vs_euler_custom"] == 0.0
+    # progress comes only through ComfyUI's callback: one event per step, no second bar of ours
+    assert out["progress_events"] == out["steps"]
+
+
+def test_msde_with_eta_is_stochastic_seeded_and_windowed(results):
+    out = _check(results, "sampler")
+    assert out["eta1_finite"]
+    assert out["eta1_repeat"] == 0.0
+    assert out["eta1_vs_euler"] > 1e-2
+    assert out["eta1_other_seed"] > 1e-2
+    assert out["empty_window_vs_euler"] == 0.0
+    assert "percent needs 0 <= start <= end <= 1" in out["bad_window_error"]
+
+
+def test_msde_detects_the_parameterisation_of_the_model(results):
+    out = _check(results, "sampler")
+    assert out["params"] == ["rf", "ve", "ve"]  # FLUX (CONST), eps, v-prediction
+    assert out["eps_sigma_max"] > 10  # the EPS schedule really is VE-shaped
+    assert out["eps_eta0_vs_euler"] == 0.0
+    assert out["eps_eta1_finite"] and out["eps_eta1_vs_euler"] > 1e-2
+    assert out["cosmos_error"].startswith("unsupported model sampling")
+
+
+def test_negative_lq_guidance_w0_equals_cfg_guider_hooks_included(results):
+    out = _check(results, "guider")
+    assert out["w0_vs_cfg"] == 0.0
+    assert out["w0_vs_cfg_with_hooks"] == 0.0
+    assert out["hooks_change_output"] > 1e-3  # the pre/post-CFG hooks did act...
+    assert out["hook_calls_total"] == {k: 2 * v for k, v in out["hook_calls_cfg"].items()}  # ...once per step each
+
+
+def test_negative_lq_guidance_is_eq20_in_x0_space(results):
+    out = _check(results, "guider")
+    assert out["ngs_vs_formula"] < 1e-5  # (1 + w) x0 - w y, y = process_latent_in(LQ)
+    assert out["ngs_vs_cfg"] > 1e-2
+    assert out["outside_window_vs_cfg"] == 0.0
+    assert re.search(r"lq_latent has shape \(1, 16, 8, 8\) but the latent being sampled has shape \(1, 16, 12, 12\)",
+                     out["size_error"])
+    assert "lq_latent has 4 channels but the model expects 16" in out["channel_error"]
+
+
+def test_lq_initial_state_starts_samplercustomadvanced_at_eq17(results):
+    out = _check(results, "initial_state")
+    assert out["t_start"] == out["schedule_t1"]
+    assert out["eq17"] < 1e-6
+    assert out["eq17_weight"] < 1e-5
+    assert math.isclose(out["sigma_mode_first"], 0.8, rel_tol=1e-6)
+    assert out["sigma_mode_rest"] == [s for s in out["schedule"] if s < 0.8]
+    assert "lq_latent has 4 channels but the model expects 16" in out["channel_error"]
+    assert out["ve_weight_error"].startswith("lq_weight applies to rectified-flow models")
+
+
+def test_best_of_n_returns_the_top_scoring_candidate(results):
+    out = _check(results, "best_of_n")
+    assert out["n_images"] == 4  # the ODE + 3 branches
+    assert out["best"] == max(range(4), key=lambda n: out["psnr"][n])
+    assert out["best_image_vs_candidate"] == 0.0
+    assert out["candidate0_vs_euler"] < 1e-4  # candidate 0 is the ODE trajectory (batched with the branches)
+    assert out["candidates_distinct"] > 1e-3
+    rows = [line.split() for line in out["table"].splitlines()[1:5]]
+    assert [r[-1] == "*" for r in rows] == [n == out["best"] for n in range(4)]
+    assert out["best_latent_shape"] == [1, 16, 8, 8]
+    assert out["throughout_images"] == 3 and out["throughout_candidate0_vs_euler"] < 1e-4
+
+
+def test_best_of_n_saves_the_best_branch_inside_the_output_folder(results):
+    out = _check(results, "best_of_n")
+    assert out["saved_inside_output"] and out["saved_path"].endswith("trajir/branches/test.safetensors")
+    assert (out["record_t"], out["record_t_next"]) == (out["cut"][1], out["cut"][2])  # branch_step 1
+    assert out["record_reward"] == pytest.approx(out["psnr"][out["best"]] / 50, rel=1e-5)  # the psnr preset
+    assert out["record_shape"] == [1, 16, 8, 8]
+    assert "contains '..'" in out["dotdot_error"]
+    assert "is an absolute path" in out["absolute_error"]
+
+
+def test_best_of_n_bad_input_errors(results):
+    out = _check(results, "best_of_n")
+    assert out["n0_error"] == "candidates must be an integer >= 1, got 0"
+    assert "latent_image has 4 channels but the model expects 16" in out["channel_error"]
+    assert "full-reference metric" in out["reference_error"]
+    assert out["branch_step_error"].startswith("branch_step must lie in [0, 3]")
+    assert "lq_latent has shape (1, 16, 6, 6) but the latent being sampled has shape" in out["lq_size_error"]
+
+
+def test_an_interrupt_stops_within_one_model_call(results):
+    out = _check(results, "interrupt")
+    # Cancel is pressed during the 2nd model call; the next one never starts
+    assert out["sampler"] == {"interrupted": True, "calls": 2}
+    assert out["best_of_n"] == {"interrupted": True, "calls": 2}
+
+
+def test_save_conditioning_round_trips_and_never_overwrites(results):
+    out = _check(results, "save_conditioning")
+    assert out["first"] == "trajir/prompts/test.safetensors"
+    assert out["second"] == "trajir/prompts/test_00001.safetensors"
+    assert out["context_diff"] == 0.0 and out["pooled_diff"] == 0.0
+    assert out["guidance"] == 3.5 and out["prompt"] == "sharp, deblurred, clear"
+    assert "contains '..'" in out["dotdot_error"]
+    assert "is an absolute path" in out["absolute_error"]
+    assert out["not_flux_error"].startswith("not a FLUX conditioning")

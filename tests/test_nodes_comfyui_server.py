@@ -1,0 +1,173 @@
+"""The pack inside a real ComfyUI server (``main.py --cpu``): it loads, ``/object_info`` lists our nodes, the
+workflows are served as templates, a shipped workflow converted to an API prompt runs end to end (multi-GB models
+swapped for the tiny test nodes of ``comfy_probe_pack.py``), and a bad input comes back as execution_error.
+
+The server gets a temporary ``--base-directory`` whose ``custom_nodes`` links this repository (nothing is written
+into the ComfyUI checkout). Skipped without $COMFYUI_PATH.
+"""
+import json
+
+import pytest
+from comfy_harness import ComfyServer, ui_to_api
+from conftest import REPO, comfyui_path, load_pack, requires_comfyui
+
+pytestmark = requires_comfyui
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+OURS = load_pack().NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    with ComfyServer(comfyui_path(), base) as srv:
+        for name, photo in (("lq.png", "chelsea.png"), ("gt.png", "coffee.png")):
+            image = Image.open(REPO / "trajir" / "data" / "samples" / photo).convert("RGB")
+            image.resize((128, 128), Image.LANCZOS).save(base / "input" / name)
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def test_the_pack_loads_without_import_failure(server, object_info):
+    log = server.log_text()
+    ours = [line for line in log.splitlines() if line.rstrip().endswith("custom_nodes/trajir")]
+    assert ours and all("IMPORT FAILED" not in line for line in ours), log[-3000:]  # ComfyUI's import-time list
+    assert "Cannot import" not in "".join(line for line in log.splitlines() if "custom_nodes/trajir" in line)
+    assert "TrajIRTestTinyFlux" in object_info  # the probe nodes loaded as well
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_object_info_lists_our_node_with_its_types(object_info, name):
+    info, cls = object_info[name], OURS[name]
+    assert info["output"] == list(cls.RETURN_TYPES)
+    assert info["output_name"] == list(cls.RETURN_NAMES)
+    assert info["category"] == cls.CATEGORY
+    assert info["display_name"].startswith("TrajIR ")
+    declared = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        assert list(info["input"].get(section, {})) == list(declared.get(section, {}))
+        for key, spec in declared.get(section, {}).items():
+            assert info["input"][section][key][0] == (list(spec[0]) if isinstance(spec[0], (list, tuple))
+                                                      else spec[0])
+
+
+def test_workflows_are_listed_and_served_as_templates(server):
+    listed = server.get("/workflow_templates")
+    assert sorted(listed["trajir"]) == sorted(p.stem for p in WORKFLOWS)
+    for path in WORKFLOWS:
+        status, body = server.get_raw(f"/api/workflow_templates/trajir/{path.name}")
+        assert status == 200 and json.loads(body) == json.loads(path.read_text())
+        status, body = server.get_raw(f"/api/workflow_templates/trajir/{path.stem}.jpg")
+        assert status == 200 and body[:3] == b"\xff\xd8\xff"  # a JPEG thumbnail
+
+
+def _with_test_models(prompt, steps=6):
+    """Swap FLUX-dev, its text encoders, VAE and ControlNet for the tiny test nodes; shorten the schedule and keep
+    the test image small."""
+    out, rewire = {}, {}
+    for key, node in prompt.items():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "UNETLoader":
+            out[key] = {"class_type": "TrajIRTestTinyFlux", "inputs": {"seed": 0}}
+        elif kind == "VAELoader":
+            out[key] = {"class_type": "TrajIRTestTinyVAE", "inputs": {"seed": 0}}
+        elif kind == "CLIPTextEncode":
+            out[key] = {"class_type": "TrajIRTestFluxConditioning", "inputs": {"text": inputs["text"]}}
+        elif kind == "ControlNetApplyAdvanced":  # no 1.4 GB ControlNet here: pass the conditioning through
+            rewire[(key, 0)], rewire[(key, 1)] = inputs["positive"], inputs["negative"]
+        elif kind not in ("DualCLIPLoader", "ControlNetLoader"):
+            out[key] = {"class_type": kind, "inputs": dict(inputs)}
+            if kind == "BasicScheduler":
+                out[key]["inputs"]["steps"] = steps
+            if kind == "ImageScaleBy":  # x4 of the 128 px test image would cost 15 s on a CPU
+                out[key]["inputs"]["scale_by"] = 1.0
+    for node in out.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and (value[0], value[1]) in rewire:
+                node["inputs"][name] = rewire[(value[0], value[1])]
+    return out
+
+
+def _messages(entry, kind):
+    return [data for event, data in entry["status"]["messages"] if event == kind]
+
+
+def _find(prompt, kind):
+    return next(k for k, node in prompt.items() if node["class_type"] == kind)
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem != "trajir_best_of_n"], ids=lambda p: p.stem)
+def test_each_restoration_workflow_runs_with_our_nodes(server, object_info, path):
+    prompt = _with_test_models(ui_to_api(json.loads(path.read_text()), object_info), steps=4)
+    assert {"TrajIRLQInitialState", "TrajIRNegativeLQGuidance", "TrajIRMSDESampler", "TrajIRRewardScorer",
+            "SamplerCustomAdvanced", "SaveImage"} <= {n["class_type"] for n in prompt.values()}
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", _messages(entry, "execution_error")
+    saved = entry["outputs"][_find(prompt, "SaveImage")]["images"]
+    assert len(saved) == 1 and (server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]).is_file()
+    table = entry["outputs"][_find(prompt, "TrajIRRewardScorer")]["text"][0]
+    metric = prompt[_find(prompt, "TrajIRRewardScorer")]["inputs"]["metric"]
+    assert table.splitlines()[0].split() == ["image", metric, "reward"] and len(table.splitlines()) == 2
+
+
+def test_the_best_of_n_workflow_runs_and_saves_a_branch(server, object_info):
+    workflow = json.loads((REPO / "workflows" / "trajir_best_of_n.json").read_text())
+    prompt = _with_test_models(ui_to_api(workflow, object_info))
+    best_of_n = prompt[_find(prompt, "TrajIRBestOfN")]["inputs"]
+    best_of_n.update(candidates=2, branch_step=2, filename="trajir/branches/server_test")
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", _messages(entry, "execution_error")
+    assert (server.base / "output" / "trajir" / "branches" / "server_test.safetensors").is_file()
+    saved = entry["outputs"][_find(prompt, "SaveImage")]["images"]
+    assert len(saved) == 1
+    scores = entry["outputs"][_find(prompt, "PreviewAny")]["text"][0]
+    assert scores.count("*") == 1 and "saved" in scores
+
+
+def test_a_latent_with_the_wrong_channel_count_is_an_execution_error(server):
+    prompt = {  # EmptyLatentImage makes 4-channel latents; FLUX needs 16
+        "1": {"class_type": "TrajIRTestTinyFlux", "inputs": {"seed": 0}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 4,
+                                                         "denoise": 1.0}},
+        "4": {"class_type": "TrajIRLQInitialState", "inputs": {"model": ["1", 0], "lq_latent": ["2", 0],
+                                                               "sigmas": ["3", 0], "start_mode": "step",
+                                                               "start_step": 1, "start_sigma": 0.97}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}},
+    }
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = _messages(entry, "execution_error")
+    assert error["node_type"] == "TrajIRLQInitialState" and error["exception_type"] == "ValueError"
+    assert "lq_latent has 4 channels but the model expects 16" in error["exception_message"]
+
+
+def test_n_below_1_from_a_linked_input_is_an_execution_error(server):
+    prompt = {
+        "1": {"class_type": "TrajIRTestTinyFlux", "inputs": {"seed": 0}},
+        "2": {"class_type": "TrajIRTestFluxConditioning", "inputs": {"text": ""}},
+        "3": {"class_type": "TrajIRTestTinyVAE", "inputs": {"seed": 0}},
+        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 4,
+                                                         "denoise": 1.0}},
+        "6": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["2", 0]}},
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "TrajIRRewardScorer", "inputs": {"images": ["8", 0], "metric": "uciqe", "weights": ""}},
+        "10": {"class_type": "PrimitiveInt", "inputs": {"value": 0}},
+        "11": {"class_type": "TrajIRBestOfN", "inputs": {
+            "guider": ["6", 0], "noise": ["7", 0], "sigmas": ["5", 0], "latent_image": ["4", 0], "vae": ["3", 0],
+            "reward": ["9", 2], "candidates": ["10", 0], "mode": "single_step", "branch_step": 1, "eta": 1.0,
+            "eta_mode": "fixed", "batch_size": 2}},
+        "12": {"class_type": "PreviewAny", "inputs": {"source": ["11", 3]}},
+    }
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = _messages(entry, "execution_error")
+    assert error["node_type"] == "TrajIRBestOfN"
+    assert error["exception_message"].strip() == "candidates must be an integer >= 1, got 0"

@@ -1,0 +1,240 @@
+"""The sampling logic of the nodes, without ComfyUI: eta schedules and windows (M-SDE Sampler), the cut schedule and
+LQ weight of Eq. (17) (LQ Initial State), the NGS helpers (Negative LQ Guidance) and the Best-of-N branch rollout,
+checked against independent loops and closed forms."""
+import importlib
+import math
+
+import pytest
+import torch
+from conftest import load_pack
+
+load_pack()
+sampler = importlib.import_module("trajir_pack.nodes.sampler")
+bridge = importlib.import_module("trajir_pack.nodes.comfy_bridge")
+initial_state = importlib.import_module("trajir_pack.nodes.initial_state")
+guider = importlib.import_module("trajir_pack.nodes.guider")
+branching = importlib.import_module("trajir_pack.nodes.branching")
+interpolation = importlib.import_module("trajir_pack.trajir.interpolation")
+
+SIGMAS = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611  # FLUX's latent format (COMFYUI.md §7)
+
+
+def linear_percent(p):
+    return 1.0 - p
+
+
+# --- M-SDE Sampler: eta per step ---------------------------------------------------------------------------------
+
+def test_constant_and_proportional_eta_schedules():
+    assert sampler.schedule_etas("constant", 0.7, SIGMAS) == [0.7] * 5
+    assert sampler.schedule_etas("proportional", 0.5, [2.0, 1.0, 0.5, 0.0]) == [0.5, 0.25, 0.125]
+
+
+def test_random_eta_squared_is_uniform_and_seeded():
+    etas = sampler.schedule_etas("random", 0.8, [1.0 - i / 20000 for i in range(20001)], seed=3)
+    squares = torch.tensor(etas) ** 2
+    assert 0 <= float(squares.min()) and float(squares.max()) < 0.64
+    assert float(squares.mean()) == pytest.approx(0.32, abs=0.01)  # E[eta^2 U] = eta^2 / 2
+    assert float(squares.var()) == pytest.approx(0.64 ** 2 / 12, rel=0.05)  # Var of U[0, 0.64)
+    assert etas == sampler.schedule_etas("random", 0.8, [1.0 - i / 20000 for i in range(20001)], seed=3)
+    assert etas != sampler.schedule_etas("random", 0.8, [1.0 - i / 20000 for i in range(20001)], seed=4)
+
+
+def test_window_in_percent_and_sigma_selects_the_stochastic_steps():
+    # percent 0..0.5 through percent_to_sigma(p) = 1 - p: steps starting at sigma in [0.5, 1]
+    assert sampler.step_etas("constant", 1.0, SIGMAS, "percent", 0.0, 0.5, linear_percent) == [1, 1, 1, 0, 0]
+    assert sampler.step_etas("constant", 1.0, SIGMAS, "sigma", 0.7, 0.3, linear_percent) == [0, 0, 1, 1, 0]
+    # the last step (into sigma 0) is always the ODE step
+    assert sampler.step_etas("constant", 1.0, SIGMAS, "percent", 0.0, 1.0, linear_percent) == [1, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("unit, start, end, message", [
+    ("percent", 0.6, 0.2, "a window in percent needs 0 <= start <= end <= 1"),
+    ("percent", 0.0, 1.5, "a window in percent needs 0 <= start <= end <= 1"),
+    ("sigma", 0.2, 0.6, "a window in sigma needs start >= end >= 0"),
+    ("steps", 0.0, 1.0, "window unit must be one of"),
+    ("sigma", float("nan"), 0.0, "must be finite"),
+])
+def test_bad_windows_are_refused(unit, start, end, message):
+    with pytest.raises(ValueError, match=message):
+        bridge.window_sigmas(unit, start, end, linear_percent)
+
+
+def test_bad_eta_settings_are_refused():
+    with pytest.raises(ValueError, match="eta_schedule must be one of"):
+        sampler.schedule_etas("cosine", 1.0, SIGMAS)
+    with pytest.raises(ValueError, match="eta must be finite and >= 0, got -1.0"):
+        sampler.schedule_etas("constant", -1.0, SIGMAS)
+    with pytest.raises(ValueError, match="s_noise must be finite and >= 0"):
+        sampler.TrajIRMSDESampler().get_sampler(1.0, "constant", "percent", 0.0, 1.0, float("inf"))
+
+
+# --- LQ Initial State: Eq. (17) through ComfyUI's noise scaling ----------------------------------------------------
+
+def test_cut_schedule_by_step_and_by_sigma():
+    sigmas = torch.tensor(SIGMAS)
+    assert initial_state.cut_schedule(sigmas, "step", 2, 0.0).tolist() == pytest.approx(SIGMAS[2:])
+    cut = initial_state.cut_schedule(sigmas, "sigma", 0, 0.7)
+    assert cut.tolist() == pytest.approx([0.7, 0.6, 0.4, 0.2, 0.0])
+    assert cut.dtype == sigmas.dtype
+
+
+@pytest.mark.parametrize("mode, step, sigma, message", [
+    ("step", 5, 0.0, r"start_step must lie in \[0, 4\] for a schedule of 5 steps"),
+    ("step", -1, 0.0, r"start_step must lie in \[0, 4\]"),
+    ("sigma", 0, 1.5, r"start_sigma must lie in \(0, 1\]"),
+    ("sigma", 0, 0.0, r"start_sigma must lie in \(0, 1\]"),
+    ("index", 0, 0.5, "start_mode must be one of"),
+])
+def test_bad_starts_are_refused(mode, step, sigma, message):
+    with pytest.raises(ValueError, match=message):
+        initial_state.cut_schedule(torch.tensor(SIGMAS), mode, step, sigma)
+
+
+def _process_in(z):
+    return (z - FLUX_SHIFT) * FLUX_SCALE
+
+
+def _process_out(z):
+    return z / FLUX_SCALE + FLUX_SHIFT
+
+
+def _comfy_start(latent, noise, sigma):
+    """What ComfyUI's CONST sampler forms from a VAE-space latent (COMFYUI.md §8): process_in, then noise scaling."""
+    return sigma * noise + (1 - sigma) * _process_in(latent)
+
+
+def test_the_schedule_start_is_eq17_and_an_lq_weight_rescales_in_model_space():
+    g = torch.Generator().manual_seed(0)
+    lq, noise = torch.randn(2, 16, 4, 4, generator=g), torch.randn(2, 16, 4, 4, generator=g)
+    t = 0.85
+    eq17 = interpolation.lq_initial_state_rf(_process_in(lq), noise, t)
+    torch.testing.assert_close(_comfy_start(lq, noise, t), eq17)
+    weighted = initial_state.weighted_latent(lq, interpolation.rf_latent_scale_for_lq_weight(0.06, t), _process_in,
+                                             _process_out)
+    torch.testing.assert_close(_comfy_start(weighted, noise, t), 0.06 * _process_in(lq) + t * noise)
+
+
+# --- Negative LQ Guidance helpers ----------------------------------------------------------------------------------
+
+def test_lq_is_tiled_to_the_sampled_batch_like_comfy_conditioning():
+    lq = torch.arange(2.0).reshape(2, 1, 1, 1).expand(2, 3, 2, 2)
+    tiled = guider.lq_for_batch(lq, torch.zeros(6, 3, 2, 2))
+    assert tiled[:, 0, 0, 0].tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match=r"lq_latent has shape \(2, 3, 2, 2\) but the latent being sampled has "
+                                         r"shape \(2, 3, 4, 4\)"):
+        guider.lq_for_batch(lq, torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="lq_latent holds 2 latents, which does not divide the sampled batch of 3"):
+        guider.lq_for_batch(lq, torch.zeros(3, 3, 2, 2))
+
+
+def test_guidance_window_weights():
+    sigma = torch.tensor([0.9, 0.5, 0.1])
+    assert guider.window_weights(0.2, sigma, 1.0, 0.0) == 0.2
+    assert guider.window_weights(0.2, sigma, 0.05, 0.0) == 0.0
+    assert guider.window_weights(0.2, sigma, 0.6, 0.3).tolist() == pytest.approx([0.0, 0.2, 0.0])
+
+
+# --- Best-of-N rollout ---------------------------------------------------------------------------------------------
+
+def toy_denoise(x, sigma):
+    """A smooth nonlinear stand-in for a model: x0 depends on x and sigma."""
+    return 0.5 * torch.tanh(x) + 0.1 * sigma
+
+
+def euler_loop(x, sigmas, denoise=toy_denoise):
+    """k-diffusion's sample_euler (COMFYUI.md §8), written out independently."""
+    for i in range(len(sigmas) - 1):
+        d = (x - denoise(x, sigmas[i])) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@pytest.mark.parametrize("mode", branching.BRANCH_MODES)
+@pytest.mark.parametrize("param", ["rf", "ve"])
+def test_candidate_0_is_exactly_the_euler_ode(mode, param):
+    sigmas = torch.tensor(SIGMAS) * (1 if param == "rf" else 10)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * float(sigmas[0])
+    etas = branching.candidate_etas(3, 1.0, "fixed")
+    final, x_t, x_next = branching.rollout(toy_denoise, x, sigmas, etas, param, mode, branch_step=2, seed=5)
+    assert final.shape == x_t.shape == x_next.shape == (4, 2, 3, 4, 4)
+    assert torch.equal(final[0], euler_loop(x, sigmas))
+    assert torch.equal(x_t[0], euler_loop(x, sigmas[:3]))  # the ODE state at the branch step
+    if mode == "single_step":
+        assert all(torch.equal(x_t[n], x_t[0]) for n in range(4))  # every branch leaves the same ODE state
+    assert all(float((final[n] - final[0]).abs().max()) > 1e-3 for n in range(1, 4))
+    assert float((final[1] - final[2]).abs().max()) > 1e-3
+
+
+def test_branches_with_eta_0_all_follow_the_ode():
+    x = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(2))
+    final, _, _ = branching.rollout(toy_denoise, x, torch.tensor(SIGMAS), branching.candidate_etas(2, 0.0, "fixed"),
+                                    "rf", "throughout", branch_step=1)
+    assert all(torch.equal(final[n], final[0]) for n in range(3))
+
+
+@pytest.mark.parametrize("param, scale", [("rf", 1.0), ("ve", 8.0)])
+def test_a_branch_step_keeps_the_marginal_of_point_mass_data(param, scale):
+    """Point-mass data at c with the exact x0 = c. The rf step is exact at any step size (MATH.md §5.2): it lands on
+    ``(1 - t') c + t' eps'``, eps' standard normal. The ve step Eq. (11) is first order: from ``c + s eps`` it gives
+    ``c + (s' - eta^2 (s - s')) eps + eta sqrt(s^2 - s'^2) z``. The ODE then ends at c."""
+    c = 0.3
+    sigmas = torch.tensor([1.0, 0.9, 0.7, 0.4, 0.0]) * scale
+    t = float(sigmas[0])
+    eps = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    x = (1 - t) * c + t * eps if param == "rf" else c + t * eps
+    etas = branching.candidate_etas(8, 1.0, "fixed")
+    final, _, x_next = branching.rollout(lambda x, s: torch.full_like(x, c), x, sigmas, etas, param, "single_step",
+                                         branch_step=1, seed=9)
+    t_next = float(sigmas[2])
+    signal = (1 - t_next) * c if param == "rf" else c
+    residual = (x_next[1:] - signal) / t_next
+    s, s_next = float(sigmas[1]), t_next
+    std = 1.0 if param == "rf" else math.sqrt((s_next - (s - s_next)) ** 2 + s * s - s_next * s_next) / s_next
+    assert float(residual.mean()) == pytest.approx(0.0, abs=0.02)
+    assert float(residual.std()) == pytest.approx(std, abs=0.02)
+    torch.testing.assert_close(final, torch.full_like(final, c), atol=1e-5, rtol=0)
+
+
+def test_model_calls_are_chunked_in_whole_image_batches():
+    sizes, started = [], []
+
+    def denoise(x, sigma):
+        sizes.append(x.shape[0])
+        return toy_denoise(x, sigma)
+
+    x = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(4))
+    chunk = branching.chunk_size(5, images=2)
+    assert chunk == 4
+    etas = branching.candidate_etas(4, 0.5, "fixed")
+    for mode in branching.BRANCH_MODES:
+        sizes.clear(), started.clear()
+        branching.rollout(denoise, x, torch.tensor(SIGMAS), etas, "rf", mode, branch_step=2, chunk=chunk,
+                          before_call=lambda: started.append(1))
+        assert len(started) == len(sizes) == branching.count_model_calls(5, 2, mode, 4, 2, chunk)
+        assert all(s <= chunk and s % 2 == 0 for s in sizes)
+        assert sum(sizes) == (3 * 2 + 2 * 10 if mode == "single_step" else 5 * 10)
+
+
+def test_candidate_etas():
+    assert branching.candidate_etas(3, 0.5, "fixed") == [0.0, 0.5, 0.5, 0.5]
+    etas = branching.candidate_etas(4000, 1.0, "random", seed=1)
+    assert etas[0] == 0.0 and all(0 <= e < 1 for e in etas[1:])
+    assert sum(e * e for e in etas[1:]) / 4000 == pytest.approx(0.5, abs=0.02)  # eta^2 ~ U[0, 1)
+    assert etas == branching.candidate_etas(4000, 1.0, "random", seed=1)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: branching.candidate_etas(0, 1.0, "fixed"), "candidates must be an integer >= 1, got 0"),
+    (lambda: branching.candidate_etas(2, math.nan, "fixed"), "eta must be finite and >= 0"),
+    (lambda: branching.candidate_etas(2, 1.0, "gaussian"), "eta_mode must be one of"),
+    (lambda: branching.chunk_size(0, 1), "batch_size must be an integer >= 1, got 0"),
+    (lambda: branching.check_branch_step(4, 5), r"branch_step must lie in \[0, 3\] for a schedule of 5 steps"),
+    (lambda: branching.check_branch_step(0, 1), "needs a schedule of at least 2 steps"),
+    (lambda: branching.rollout(toy_denoise, torch.zeros(1, 1, 2, 2), torch.tensor(SIGMAS), [0.0, 1.0], "rf",
+                               "everywhere"), "mode must be one of"),
+])
+def test_bad_best_of_n_settings_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
