@@ -6,6 +6,7 @@ that the pack imports without ComfyUI. Inside ComfyUI, loading the pack register
 """
 from .best_of_n import TrajIRBestOfN
 from .comfy_bridge import register_iqa_folder
+from .compact_restore import TrajIRCompactRestore, register_model_folder
 from .conditioning import TrajIRSaveConditioning
 from .guider import TrajIRNegativeLQGuidance
 from .initial_state import TrajIRLQInitialState
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "TrajIRRewardScorer": TrajIRRewardScorer,
     "TrajIRBestOfN": TrajIRBestOfN,
     "TrajIRSaveConditioning": TrajIRSaveConditioning,
+    "TrajIRCompactRestore": TrajIRCompactRestore,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TrajIRMSDESampler": "TrajIR M-SDE Sampler",
@@ -27,6 +29,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TrajIRRewardScorer": "TrajIR Reward Scorer",
     "TrajIRBestOfN": "TrajIR Best-of-N Trajectory Aligner",
     "TrajIRSaveConditioning": "TrajIR Save Conditioning",
+    "TrajIRCompactRestore": "TrajIR Compact Restore",
 }
 
 register_iqa_folder()
+register_model_folder()

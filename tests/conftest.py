@@ -54,3 +54,15 @@ def sample_photo(name="astronaut", size=None):
     if size is not None:
         t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
     return t.clamp(0, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory):
+    """A tiny compact model pretrained for a few steps by ``trajir.train`` (the start of later-stage tests)."""
+    from test_train_framework import tiny_config
+    from trajir.train.loop import train
+
+    out = tmp_path_factory.mktemp("pretrained")
+    cfg = tiny_config(out, "run.max_steps=30", "optim.lr=1e-3", "run.export=model.safetensors")
+    assert train(cfg) == "done"
+    return out / "model.safetensors"

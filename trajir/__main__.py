@@ -5,6 +5,8 @@ import sys
 
 # name -> (module run with ``python -m``, one-line description)
 SUBCOMMANDS = {
+    "restore": ("trajir.restore", "restore images with a shipped or trained compact model"),
+    "train": ("trajir.train", "train, align (RL), distill, evaluate and analyse restorers"),
     "bench": ("trajir.bench", "benchmarks that print speed ratios side by side"),
 }
 
@@ -22,7 +24,9 @@ def main(argv=None):
     if ns.command is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(SUBCOMMANDS[ns.command][0] + ".__main__")
+    module = importlib.import_module(SUBCOMMANDS[ns.command][0])
+    if hasattr(module, "__path__"):  # a package: its command line lives in __main__
+        module = importlib.import_module(module.__name__ + ".__main__")
     return module.main(ns.args)
 
 

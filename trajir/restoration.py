@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+from safetensors import safe_open
 
 from .checks import require_finite, require_image_batch
 from .grids import grid_from_description
@@ -48,6 +49,20 @@ class Recipe:
     @classmethod
     def from_json(cls, text):
         return cls(**json.loads(text))
+
+
+def load_compact(path, device="cpu"):
+    """``(model, recipe)`` of a compact-model file exported by ``python -m trajir.train`` (eval mode)."""
+    from .models import load
+
+    net = load(path, device=device)
+    if net.kind != "compact_unet":
+        raise ValueError(f"{path} holds a {net.kind}; a compact restorer file is needed")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if RECIPE_KEY not in meta:
+        raise ValueError(f"{path} has no sampling recipe ({RECIPE_KEY} metadata); export it with python -m trajir.train")
+    return net.eval().requires_grad_(False), Recipe.from_json(meta[RECIPE_KEY])
 
 
 def to_state(images):

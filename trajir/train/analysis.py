@@ -3,12 +3,9 @@ import json
 import os
 
 import torch
-from safetensors import safe_open
-
 from ..data import collate
 from ..grids import grid_from_description
-from ..models import load
-from ..restoration import RECIPE_KEY, Recipe
+from ..restoration import Recipe, load_compact
 from ..distill import select_steps
 from . import build
 from .distill import cost_analysis
@@ -19,15 +16,8 @@ from .validate import evaluate
 
 def load_restorer(path, device="cpu"):
     """``(restorer, recipe)`` of an exported compact model (the recipe travels in the file's metadata)."""
-    net = load(path, device=device)
-    if net.kind != "compact_unet":
-        raise ValueError(f"{path} holds a {net.kind}; these analyses need a compact model")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if RECIPE_KEY not in meta:
-        raise ValueError(f"{path} has no sampling recipe ({RECIPE_KEY} metadata); export it with trajir.train")
-    recipe = Recipe.from_json(meta[RECIPE_KEY])
-    return CompactRestorer(net.eval(), grid_from_description(recipe.grid), torch.device(device)), recipe
+    net, recipe = load_compact(path, device)
+    return CompactRestorer(net, grid_from_description(recipe.grid), torch.device(device)), recipe
 
 
 def evaluate_file(path, cfg, metrics=("psnr", "ssim"), draws=None):
@@ -68,6 +58,7 @@ def trajectories(cfg, model_paths, out_png, labels=None, sde_eta=0.5, sde_runs=3
     """Fig. 7: (a) the ODE and ``sde_runs`` M-SDE trajectories of the first model, (b) the ODE trajectories of
     every model (e.g. pretrained, RL, distilled), all from one held-out image and one noise, projected to 2-D."""
     labels = labels or [os.path.splitext(os.path.basename(p))[0] for p in model_paths]
+    labels = [f"{label} ({i + 1})" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
     _, val_sets = build.build_datasets(cfg)
     dataset = val_sets[0] if val_sets else build.build_datasets(cfg)[0]
     batch = collate([dataset.sample(0, 0)])

@@ -62,11 +62,25 @@ def build_loader(cfg, dataset, env):
 def compact_config(cfg):
     preset = {"tiny": CompactUNetConfig.tiny, "small": CompactUNetConfig.small,
               "medium": CompactUNetConfig.medium}[cfg["model.preset"]](param=cfg["model.param"])
+    fields = preset.to_dict()
     if cfg["model.base_channels"] > 0:
-        width = cfg["model.base_channels"]
-        groups = math.gcd(width, preset.norm_groups)
-        preset = CompactUNetConfig(**{**preset.to_dict(), "base_channels": width, "norm_groups": groups})
-    return preset
+        fields["base_channels"] = cfg["model.base_channels"]
+        fields["norm_groups"] = math.gcd(fields["base_channels"], preset.norm_groups)
+    if cfg["model.channel_mult"]:
+        fields["channel_mult"] = _ints("model.channel_mult", cfg["model.channel_mult"])
+    if cfg["model.num_res_blocks"] > 0:
+        fields["num_res_blocks"] = cfg["model.num_res_blocks"]
+    if cfg["model.attn_levels"]:
+        text = cfg["model.attn_levels"]
+        fields["attn_levels"] = () if text.strip() == "none" else _ints("model.attn_levels", text)
+    return CompactUNetConfig.from_dict(fields)
+
+
+def _ints(key, text):
+    try:
+        return tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise ValueError(f"{key} must be a list of integers like \"1,2,2\", got {text!r}") from None
 
 
 def build_compact(cfg, init=None):

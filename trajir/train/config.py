@@ -30,6 +30,9 @@ DEFAULTS = {
         "param": "rf",              # rf (rectified flow) | vp (noise prediction; compact models only)
         "preset": "small",          # compact U-Net size: tiny (0.2 M) | small (2.2 M) | medium (18 M)
         "base_channels": 0,         # > 0 overrides the preset's width
+        "channel_mult": "",         # e.g. "1,2,2": overrides the preset's levels
+        "num_res_blocks": 0,        # > 0 overrides the preset's residual blocks per level
+        "attn_levels": "",          # e.g. "2": levels with self-attention ("none" for no attention)
         "ema_decay": 0.999,         # 0 disables the EMA copy
     },
     "data": {
@@ -88,6 +91,7 @@ DEFAULTS = {
         "guidance": 4.0,
         "size": "dev",              # dev (real) | tiny (tests)
         "fsdp": False,              # shard the frozen base across ranks
+        "lq_encoder": "",           # LQ encoder file (model.kind = lq_encoder export); "" = the AE encoder
     },
     "reproduce": {                  # python -m trajir.train reproduce: steps of the phases after pretraining
         "rl_steps": 300,

@@ -1,0 +1,68 @@
+"""Analyses and restoration with exported compact models: evaluate, the cost figure, trajectory plots, restore."""
+import json
+
+import pytest
+import torch
+
+from test_train_framework import tiny_config
+from trajir.restoration import Recipe, load_compact, restore
+from trajir.train.__main__ import main as train_main
+from trajir.train.analysis import analyze_cost, evaluate_file, trajectories
+
+
+def test_evaluate_reports_held_out_metrics(tmp_path, tiny_pretrained):
+    cfg = tiny_config(tmp_path, "val.draws=1")
+    result = evaluate_file(tiny_pretrained, cfg)
+    assert set(result) == {"psnr", "ssim", "nfe"} and result["nfe"] == 4
+    assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1
+
+
+def test_cost_figure_and_best_paths(tmp_path, tiny_pretrained):
+    pytest.importorskip("matplotlib", reason="the figures need the plot extra (matplotlib)")
+    cfg = tiny_config(tmp_path, f"run.init={tiny_pretrained}", "distill.cost_batches=1")
+    out = tmp_path / "cost.png"
+    result = analyze_cost(cfg, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "cost.json").read_text())
+    assert saved["best_paths"]["4"]["path"] == [0, 1, 2, 3, 4]          # K jumps: the teacher's own grid
+    assert saved["best_paths"]["4"]["cost"] == pytest.approx(0.0, abs=1e-4)
+    assert result["best_paths"][1]["path"] == [0, 4]
+    assert result["best_paths"][1]["cost"] >= result["best_paths"][2]["cost"] - 1e-9
+    with pytest.raises(ValueError, match="needs the teacher"):
+        analyze_cost(tiny_config(tmp_path), str(out))
+
+
+def test_trajectory_figure_through_the_cli(tmp_path, tiny_pretrained, capsys):
+    pytest.importorskip("matplotlib", reason="the figures need the plot extra (matplotlib)")
+    out = tmp_path / "traj.png"
+    args = ["--set", f"run.out_dir={tmp_path}", "--set", "model.preset=tiny", "--set", "data.val_crop=32",
+            "--set", "sampling.steps=4"]
+    assert train_main(["plot-trajectories", "compact_lowlight_cpu", str(tiny_pretrained), str(tiny_pretrained),
+                       *args, "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
+    assert trajectories(tiny_config(tmp_path), [str(tiny_pretrained)], str(tmp_path / "b.png")).endswith("b.png")
+
+
+def test_tiled_restore_matches_untiled_inside_one_tile_and_keeps_the_size(tiny_pretrained):
+    net, recipe = load_compact(tiny_pretrained)
+    lq = torch.rand(1, 3, 72, 100, generator=torch.Generator().manual_seed(0))
+    whole = restore(net, recipe, lq, seed=3)
+    assert whole.shape == lq.shape and 0 <= float(whole.min()) and float(whole.max()) <= 1
+    assert torch.equal(restore(net, recipe, lq, seed=3, tile=128), whole)  # one tile covers it
+    calls = []
+    tiled = restore(net, recipe, lq, seed=3, tile=48, overlap=16, progress=lambda d, t: calls.append((d, t)))
+    assert tiled.shape == lq.shape and calls[-1] == (6, 6)
+    # a tiny convolutional net with attention sees each tile alone: close to, not equal to, the whole image
+    assert float((tiled - whole).abs().mean()) < 0.1
+    with pytest.raises(ValueError, match="lq must hold values in 0..1"):
+        restore(net, recipe, lq * 2, seed=0)
+
+
+def test_recipe_validation():
+    grid = {"param": "rf", "times": [1.0, 0.5, 0.0]}
+    assert Recipe(grid=grid).path == [0, 1, 2]
+    with pytest.raises(ValueError, match="recipe path must increase"):
+        Recipe(grid=grid, path=[0, 2, 1])
+    with pytest.raises(ValueError, match="lq_weight must lie in"):
+        Recipe(grid=grid, lq_weight=2.0)
+    assert Recipe.from_json(Recipe(grid=grid, path=[1, 2], ngs_w=0.1).to_json()).path == [1, 2]
