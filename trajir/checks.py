@@ -25,19 +25,6 @@ def require_same_shape(name_a, a, name_b, b):
                          "expected equal shapes")
 
 
-def require_broadcastable(name, value, name_ref, ref):
-    """``value`` (tensor or number) must broadcast against tensor ``ref`` without changing its shape."""
-    if not torch.is_tensor(value):
-        return
-    try:
-        shape = torch.broadcast_shapes(tuple(value.shape), tuple(ref.shape))
-    except RuntimeError:
-        shape = None
-    if shape != tuple(ref.shape):
-        raise ValueError(f"{name} has shape {tuple(value.shape)}, which does not broadcast to the shape "
-                         f"{tuple(ref.shape)} of {name_ref}")
-
-
 def require_image_batch(name, x, channels=3):
     """An image batch ``[B, C, H, W]`` of floats with ``channels`` channels (None: any)."""
     require_tensor(name, x)
@@ -57,3 +44,37 @@ def compute_dtype(*tensors):
     if any(d == torch.float64 for d in dtypes):
         return torch.float64
     return torch.float32
+
+
+def per_sample(value, x, dtype):
+    """A float or tensor as a tensor broadcastable against ``x``: 1-D of length B becomes [B, 1, ..., 1]."""
+    if not torch.is_tensor(value):
+        return value
+    value = value.to(device=x.device, dtype=dtype)
+    if value.ndim == 1 and x.ndim > 1 and value.shape[0] == x.shape[0]:
+        value = value.reshape(-1, *([1] * (x.ndim - 1)))
+    return value
+
+
+def require_scalar_or_tensor(name, value, x, low=None, high=None):
+    """Finite, inside [low, high], and broadcastable against ``x``; returns nothing."""
+    if torch.is_tensor(value):
+        require_finite(name, value.float() if not value.is_floating_point() else value)
+        v = per_sample(value, x, torch.float64)
+        try:
+            shape = torch.broadcast_shapes(tuple(v.shape), tuple(x.shape))
+        except RuntimeError:
+            shape = None
+        if shape != tuple(x.shape):
+            raise ValueError(f"{name} has shape {tuple(value.shape)}; expected a number, a tensor of length "
+                             f"{x.shape[0]} (one per sample) or a tensor broadcastable to {tuple(x.shape)}")
+        lo, hi = float(v.min()), float(v.max())
+    else:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+        require_finite(name, float(value))
+        lo = hi = float(value)
+    if low is not None and lo < low:
+        raise ValueError(f"{name} must be >= {low}, got {lo}")
+    if high is not None and hi > high:
+        raise ValueError(f"{name} must be <= {high}, got {hi}")

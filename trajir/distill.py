@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from .checks import compute_dtype, require_finite, require_same_shape, require_tensor
-from .sde import _check_scalar_or_tensor, per_sample
+from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
+                     require_tensor)
 
 
 def _check_pair(x_a, x_b):
@@ -23,8 +23,8 @@ def _check_pair(x_a, x_b):
 def implied_velocity(x_a, x_b, t_a, t_b):
     """The velocity whose Euler step from ``x_a`` at ``t_a`` lands on ``x_b`` at ``t_b``: ``(x_a - x_b)/(t_a - t_b)``."""
     _check_pair(x_a, x_b)
-    _check_scalar_or_tensor("t_a", t_a, x_a, 0.0, 1.0)
-    _check_scalar_or_tensor("t_b", t_b, x_a, 0.0, 1.0)
+    require_scalar_or_tensor("t_a", t_a, x_a, 0.0, 1.0)
+    require_scalar_or_tensor("t_b", t_b, x_a, 0.0, 1.0)
     if not bool((torch.as_tensor(t_a, dtype=torch.float64) > torch.as_tensor(t_b, dtype=torch.float64)).all()):
         raise ValueError(f"t_b must be smaller than t_a, got t_a={t_a} and t_b={t_b}")
     dtype = compute_dtype(x_a)
@@ -37,7 +37,7 @@ def implied_eps(x_a, x_b, alpha_a, sigma_a, alpha_b, sigma_b):
     ``((a_b/a_a) x_a - x_b) / ((a_b/a_a) s_a - s_b)``."""
     _check_pair(x_a, x_b)
     for name, value in (("alpha_a", alpha_a), ("alpha_b", alpha_b), ("sigma_a", sigma_a), ("sigma_b", sigma_b)):
-        _check_scalar_or_tensor(name, value, x_a, 0.0)
+        require_scalar_or_tensor(name, value, x_a, 0.0)
     dtype = compute_dtype(x_a)
     a_a, s_a, a_b, s_b = (per_sample(v, x_a, dtype) for v in (alpha_a, sigma_a, alpha_b, sigma_b))
     ratio = a_b / a_a

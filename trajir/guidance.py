@@ -6,8 +6,8 @@ is extrapolated away from, CFG-style. In every parameterisation the guided clean
 """
 import torch
 
-from .checks import compute_dtype, require_finite, require_same_shape, require_tensor
-from .sde import _check_scalar_or_tensor, per_sample
+from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
+                     require_tensor)
 
 
 def _check(pred_name, pred, lq, w, x=None):
@@ -20,7 +20,7 @@ def _check(pred_name, pred, lq, w, x=None):
         require_tensor("x", x)
         require_same_shape("x", x, pred_name, pred)
         require_finite("x", x)
-    _check_scalar_or_tensor("w", w, pred)
+    require_scalar_or_tensor("w", w, pred)
 
 
 def _is_zero(w):
@@ -46,8 +46,8 @@ def ngs_velocity(v, x, lq, t, t_end, w):
     ``t_end < t`` is the clean end of the grid (usually 0). ``w = 0`` returns ``v`` unchanged.
     """
     _check("v", v, lq, w, x)
-    _check_scalar_or_tensor("t", t, x, 0.0, 1.0)
-    _check_scalar_or_tensor("t_end", t_end, x, 0.0, 1.0)
+    require_scalar_or_tensor("t", t, x, 0.0, 1.0)
+    require_scalar_or_tensor("t_end", t_end, x, 0.0, 1.0)
     if not bool((torch.as_tensor(t, dtype=torch.float64) > torch.as_tensor(t_end, dtype=torch.float64)).all()):
         raise ValueError(f"t_end must be smaller than t, got t={t} and t_end={t_end}")
     if _is_zero(w):
@@ -66,7 +66,7 @@ def ngs_eps(eps, x, lq, alpha_s, sigma_s, alpha_e, sigma_e, w):
     """
     _check("eps", eps, lq, w, x)
     for name, value in (("alpha_s", alpha_s), ("alpha_e", alpha_e), ("sigma_s", sigma_s), ("sigma_e", sigma_e)):
-        _check_scalar_or_tensor(name, value, x, 0.0)
+        require_scalar_or_tensor(name, value, x, 0.0)
     dtype = compute_dtype(eps)
     a_s, s_s, a_e, s_e, w_ = (per_sample(a, x, dtype) for a in (alpha_s, sigma_s, alpha_e, sigma_e, w))
     ratio = a_e / a_s

@@ -1,7 +1,7 @@
 """LQ-interpolated initial state, Eq. (17), MATH.md §7.2: start sampling from the LQ image forward-diffused to
 the start time instead of from pure noise."""
-from .checks import compute_dtype, require_finite, require_same_shape, require_tensor
-from .sde import _check_scalar_or_tensor, per_sample
+from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
+                     require_tensor)
 
 
 def _check(lq, noise, name, value):
@@ -10,7 +10,7 @@ def _check(lq, noise, name, value):
     require_same_shape("noise", noise, "lq", lq)
     require_finite("lq", lq)
     require_finite("noise", noise)
-    _check_scalar_or_tensor(name, value, lq, 0.0, 1.0)
+    require_scalar_or_tensor(name, value, lq, 0.0, 1.0)
 
 
 def lq_initial_state_rf(lq, noise, t_start):

@@ -14,41 +14,8 @@ import math
 
 import torch
 
-from .checks import compute_dtype, require_finite, require_same_shape, require_tensor
-
-
-def per_sample(value, x, dtype):
-    """A float or tensor as a tensor broadcastable against ``x``: 1-D of length B becomes [B, 1, ..., 1]."""
-    if not torch.is_tensor(value):
-        return value
-    value = value.to(device=x.device, dtype=dtype)
-    if value.ndim == 1 and x.ndim > 1 and value.shape[0] == x.shape[0]:
-        value = value.reshape(-1, *([1] * (x.ndim - 1)))
-    return value
-
-
-def _check_scalar_or_tensor(name, value, x, low=None, high=None):
-    """Finite, inside [low, high], and broadcastable against ``x``; returns nothing."""
-    if torch.is_tensor(value):
-        require_finite(name, value.float() if not value.is_floating_point() else value)
-        v = per_sample(value, x, torch.float64)
-        try:
-            shape = torch.broadcast_shapes(tuple(v.shape), tuple(x.shape))
-        except RuntimeError:
-            shape = None
-        if shape != tuple(x.shape):
-            raise ValueError(f"{name} has shape {tuple(value.shape)}; expected a number, a tensor of length "
-                             f"{x.shape[0]} (one per sample) or a tensor broadcastable to {tuple(x.shape)}")
-        lo, hi = float(v.min()), float(v.max())
-    else:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-        require_finite(name, float(value))
-        lo = hi = float(value)
-    if low is not None and lo < low:
-        raise ValueError(f"{name} must be >= {low}, got {lo}")
-    if high is not None and hi > high:
-        raise ValueError(f"{name} must be <= {high}, got {hi}")
+from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
+                     require_tensor)
 
 
 def _check_state(x, pred, pred_name, noise):
@@ -112,8 +79,8 @@ def rf_msde_step(x, v, t, t_next, eta, noise):
     """
     _check_state(x, v, "v", noise)
     for name, value in (("t", t), ("t_next", t_next)):
-        _check_scalar_or_tensor(name, value, x, 0.0, 1.0)
-    _check_scalar_or_tensor("eta", eta, x, 0.0)
+        require_scalar_or_tensor(name, value, x, 0.0, 1.0)
+    require_scalar_or_tensor("eta", eta, x, 0.0)
     if torch.is_tensor(t) or torch.is_tensor(t_next):
         gap = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
         ok = bool((gap > 0).all())
@@ -159,12 +126,12 @@ def vp_msde_step(x, eps, alpha_s, sigma_s, alpha_t, sigma_t, eta, noise):
     """
     _check_state(x, eps, "eps", noise)
     for name, value in (("alpha_s", alpha_s), ("alpha_t", alpha_t)):
-        _check_scalar_or_tensor(name, value, x, 0.0)
+        require_scalar_or_tensor(name, value, x, 0.0)
         if (value <= 0).any() if torch.is_tensor(value) else value <= 0:
             raise ValueError(f"{name} must be > 0, got {_show(value)}")
     for name, value in (("sigma_s", sigma_s), ("sigma_t", sigma_t)):
-        _check_scalar_or_tensor(name, value, x, 0.0)
-    _check_scalar_or_tensor("eta", eta, x, 0.0)
+        require_scalar_or_tensor(name, value, x, 0.0)
+    require_scalar_or_tensor("eta", eta, x, 0.0)
     nsr = [torch.as_tensor(s, dtype=torch.float64) / torch.as_tensor(a, dtype=torch.float64)
            for s, a in ((sigma_s, alpha_s), (sigma_t, alpha_t))]
     if not bool((nsr[1] <= nsr[0] * (1 + 1e-12)).all()):

@@ -35,7 +35,7 @@ def build_grid(cfg):
 
 def build_datasets(cfg):
     """``(train dataset, [validation datasets])``; every file is checked here, before training starts."""
-    seed, crop, holdout = cfg["run.seed"], cfg["data.crop"], cfg["data.holdout"]
+    seed, crop, holdout = cfg["run.seed"], cfg["data.crop"] or None, cfg["data.holdout"]
     val_crop = cfg["data.val_crop"] or None
     if cfg["data.paired_dir"]:
         names = PairedFolders(cfg["data.paired_dir"]).names

@@ -13,7 +13,6 @@ from . import build, checkpoint, distributed, randomness
 from .ema import EMA
 from .metrics_log import MetricsLog
 from .signals import StopRequest
-from .validate import validate
 
 MEMORY_HINT = ("out of memory. Options that reduce memory: run.batch_size (with run.grad_accum to keep the "
                "effective batch), data.crop, flux.gradient_checkpointing=true, flux.base_dtype=fp8, "
@@ -139,9 +138,9 @@ def _train(cfg, resume, env):
                 if stopping or step % cfg["run.save_every"] == 0 or step == cfg["run.max_steps"]:
                     save(step)
                 if cfg["run.val_every"] and step % cfg["run.val_every"] == 0 and val_sets:
+                    values = stage.validate(weights_for_inference(), val_sets, step)  # every rank calls it
                     if env.is_main:
-                        log.log(step, validate(restorer, weights_for_inference(), stage.recipe(), val_sets, cfg,
-                                               step))
+                        log.log(step, values)
                     distributed.barrier(env)
                 if stopping:
                     log.message(f"stopped on request after step {step}; resume with --resume latest")

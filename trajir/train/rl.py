@@ -88,15 +88,25 @@ class RLAlign(Stage):
 
     @torch.no_grad()
     def _finish(self, x, position, s):
-        """Continue states ``x`` at path positions ``position`` (per sample) with ODE steps to the end."""
+        """Continue states ``x`` at path positions ``position`` (per sample) with ODE steps to the end.
+
+        When every forward pass is a collective (a base sharded across ranks), all ranks make the same calls:
+        each step runs on every sample from the earliest eligible position on, and samples not yet at their
+        position keep their state.
+        """
         grid, path = self.restorer.grid, torch.tensor(self.path, device=x.device)
-        for p in range(int(position.min()), len(self.path) - 1):
-            active = (position <= p).nonzero()[:, 0]
-            for chunk in self._chunks(len(active)):
-                idx = active[chunk]
+        collective = getattr(self.restorer, "collective", False)
+        first = min(self.eligible) + 1 if collective else int(position.min())
+        for p in range(first, len(self.path) - 1):
+            active = position <= p
+            rows = torch.arange(len(x), device=x.device) if collective else active.nonzero()[:, 0]
+            for chunk in self._chunks(len(rows)):
+                idx = rows[chunk]
                 sub = {"cond": {k: v[idx] for k, v in s["cond"].items()}, "lq": s["lq"][idx]}
                 a, b = path[p].expand(len(idx)), path[p + 1].expand(len(idx))
-                x[idx] = grid.jump(x[idx], self._pred(self.sampler, x[idx], a, sub), a, b)
+                stepped = grid.jump(x[idx], self._pred(self.sampler, x[idx], a, sub), a, b)
+                keep = active[idx].reshape(-1, *([1] * (x.ndim - 1)))
+                x[idx] = torch.where(keep, stepped, x[idx])
         return x
 
     def explore(self, batch, keys):

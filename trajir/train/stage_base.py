@@ -1,7 +1,9 @@
-"""What every training stage shares: the trained module (or its DDP wrapper), parameters, export, no extra state."""
+"""What every training stage shares: the trained module (or its DDP wrapper), parameters, validation, export,
+no extra state."""
 import os
 
 from ..models import save
+from .validate import evaluate, validate
 
 
 class Stage:
@@ -29,8 +31,25 @@ class Stage:
     def load_state_dict(self, state):
         pass
 
+    def validate(self, net, datasets, step):
+        """Held-out metrics ``{"val/<metric>": value}`` of ``net`` (``validate.validate``); called on every rank.
+
+        Rank 0 scores and writes the grid; the others return ``{}``. When the restorer's forward passes are
+        collectives (a base sharded with FSDP), the other ranks run the same passes and drop the result.
+        """
+        if self.env.is_main:
+            return validate(self.restorer, net, self.recipe(), datasets, self.cfg, step)
+        if getattr(self.restorer, "collective", False):
+            evaluate(self.restorer, net, self.recipe(), datasets, [], self.cfg["val.batch_size"], self.cfg["val.draws"])
+        return {}
+
     def export(self, net, cfg):
-        """Write the trained weights where their consumer loads them, with the sampling recipe; return the path."""
-        name = cfg["run.export"] or f"{self.restorer.kind}_{self.name.replace('+', '_')}.safetensors"
+        """Write the trained weights where their consumer loads them, with the sampling recipe; return the path.
+
+        The file name is ``run.export``, else the restorer's ``export_name`` (the name its consumers load), else
+        ``<kind>_<stage>.safetensors``.
+        """
+        name = (cfg["run.export"] or getattr(self.restorer, "export_name", "")
+                or f"{self.restorer.kind}_{self.name.replace('+', '_')}.safetensors")
         path = os.path.join(cfg["run.out_dir"], name)
         return save(net, path, metadata={"trajir_recipe": self.recipe().to_json()})
