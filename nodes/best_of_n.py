@@ -175,12 +175,12 @@ class TrajIRBestOfN:
         flat = best * images + torch.arange(images)
         table = score_table(scores, best, etas)
         if save_branch:
-            table += "\nsaved " + self._save(runner, best, scores, filename, etas)
+            table += "\nsaved " + self._save(runner, best, scores, filename, etas, guider)
         best_latent = {**latent_image, "samples": out[flat]}
         return (best_latent, decoded[flat], decoded, table)
 
     @staticmethod
-    def _save(runner, best, scores, filename, etas):
+    def _save(runner, best, scores, filename, etas, guider):
         rows = torch.arange(best.shape[0])
         k = runner.branch_step
         path = output_path(filename)
@@ -188,5 +188,25 @@ class TrajIRBestOfN:
         save_branch(path, runner.x_t[best, rows], runner.x_next[best, rows],
                     torch.full((len(rows),), sigma), torch.full((len(rows),), sigma_next),
                     scores[best, rows].float().cpu(), param=runner.param,
-                    extra={"mode": runner.mode, "branch_step": k, "eta": [etas[int(n)] for n in best]})
+                    eta=torch.tensor([float(etas[int(n)]) for n in best]),
+                    conditioning=record_conditioning(guider, len(rows)),
+                    extra={"mode": runner.mode, "branch_step": k})
         return path
+
+
+def record_conditioning(guider, batch):
+    """What a FLUX-IR ControlNet step was conditioned on, from the guider's positive conditioning: the ControlNet
+    hint (the LQ image, ``ControlNetApplyAdvanced``), T5 tokens, pooled CLIP-L and guidance, one row per image.
+    Entries the conditioning lacks are left out (the record then serves models that do not need them)."""
+    positive = getattr(guider, "original_conds", {}).get("positive") or [{}]
+    first = positive[0]
+    found = {"context": first.get("cross_attn"), "pooled": first.get("pooled_output"),
+             "hint": getattr(first.get("control"), "cond_hint_original", None)}
+    out = {}
+    for name, value in found.items():
+        if torch.is_tensor(value):
+            value = value.detach().float().cpu()
+            out[name] = value.expand(batch, *value.shape[1:]) if value.shape[0] == 1 else value[:batch]
+    if first.get("guidance") is not None:
+        out["guidance"] = torch.full((batch,), float(first["guidance"]))
+    return out

@@ -241,6 +241,8 @@ def main(out_dir):
             "saved_path": path, "saved_inside_output": path.startswith(os.path.realpath(out_dir)),
             "record_t": float(record["t"][0]), "record_t_next": float(record["t_next"][0]),
             "record_reward": float(record["reward"][0]), "record_shape": list(record["x_t"].shape),
+            "record_eta": float(record["eta"][0]), "record_keys": sorted(k for k in record if k != "param"),
+            "record_context_shape": list(record["context"].shape),
             "cut": [float(s) for s in cut], "best_latent_shape": list(best_latent["samples"].shape),
             "throughout_images": throughout[2].shape[0],
             "throughout_candidate0_vs_euler": diff(throughout[2][0], ode[0]),

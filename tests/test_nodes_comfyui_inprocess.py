@@ -100,6 +100,10 @@ def test_best_of_n_saves_the_best_branch_inside_the_output_folder(results):
     assert (out["record_t"], out["record_t_next"]) == (out["cut"][1], out["cut"][2])  # branch_step 1
     assert out["record_reward"] == pytest.approx(out["psnr"][out["best"]] / 50, rel=1e-5)  # the psnr preset
     assert out["record_shape"] == [1, 16, 8, 8]
+    # what the trainer's rl.records needs: the winner's eta (0 = the ODE won) and the step's conditioning
+    assert out["record_eta"] == (0.0 if out["best"] == 0 else 1.0)
+    assert {"context", "pooled", "guidance", "eta"} <= set(out["record_keys"])
+    assert out["record_context_shape"][0] == 1
     assert "contains '..'" in out["dotdot_error"]
     assert "is an absolute path" in out["absolute_error"]
 

@@ -71,6 +71,7 @@ DEFAULTS = {
         "refresh_every": 50,        # steps between refreshes of the frozen sampler copy
         "modulation_lr": 1e-3,
         "gt_weight": 0.0,           # optional anchor: weight of the flow-matching loss on GT pairs
+        "records": "",              # FLUX: a folder of Best-of-N branch records from ComfyUI to learn from instead
     },
     "distill": {
         "student_steps": 1,         # M jumps of the student

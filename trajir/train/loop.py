@@ -113,8 +113,9 @@ def _train(cfg, resume, env):
                 optimizer.zero_grad(set_to_none=True)
                 totals = {}
                 for micro in range(accum):
-                    batch = loader.next_batch()
-                    keys = randomness.sample_keys(seed, step, micro, env.rank, env.world_size, len(batch["gt"]))
+                    batch = stage.next_batch(loader)
+                    size = len(next(v for v in batch.values() if torch.is_tensor(v)))
+                    keys = randomness.sample_keys(seed, step, micro, env.rank, env.world_size, size)
                     sync = env.enabled and micro < accum - 1
                     with stage.model.no_sync() if sync else contextlib.nullcontext():
                         loss, values = stage.loss(batch, keys)

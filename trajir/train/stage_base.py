@@ -16,6 +16,10 @@ class Stage:
     def prepare(self, train_set):
         """Work done once before the first step (e.g. the distillation step selection)."""
 
+    def next_batch(self, loader):
+        """The next training batch (stages with their own data override this)."""
+        return loader.next_batch()
+
     def parameters(self):
         return [p for p in self.restorer.trainable().parameters() if p.requires_grad]
 

@@ -4,6 +4,7 @@ from .distill import Distill
 from .flux_restorer import FluxIRRestorer
 from .lq_encoder_stage import LQEncoderPretrain, LQEncoderRestorer
 from .pretrain import Pretrain
+from .records import RecordsRL
 from .restorers import CompactRestorer
 from .rl import RLAlign, RLDistill
 
@@ -26,4 +27,6 @@ def build_stage(cfg, env):
         return restorer, LQEncoderPretrain(cfg, restorer, env)
     else:
         raise ValueError(f"model.kind {kind!r} is not available; kinds: {', '.join(KINDS)}")
+    if name == "rl" and cfg["rl.records"]:
+        return restorer, RecordsRL(cfg, restorer, env)
     return restorer, STAGES[name](cfg, restorer, env)
