@@ -67,10 +67,12 @@ class TrajIRCompactRestore:
 
     @classmethod
     def INPUT_TYPES(cls):
+        choices = model_choices()
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The low-quality images to restore."}),
-            "model": (model_choices(), {"tooltip": "A shipped restorer (by task) or a compact model file from "
-                                                   "ComfyUI/models/trajir/ exported by python -m trajir.train."}),
+            "model": (choices, {"default": choices[0] if choices else "",
+                                "tooltip": "A shipped restorer (by task) or a compact model file from "
+                                           "ComfyUI/models/trajir/ exported by python -m trajir.train."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the sampling noise (the result is the same on every device)."}),
             "tile": ("INT", {"default": 256, "min": 0, "max": 4096, "step": 32,

@@ -20,25 +20,11 @@ def metric_choices():
 def parse_weights(text):
     """``"lpips=1, niqe=0.5"`` (commas, semicolons or new lines between pairs) as ``{"lpips": 1.0, "niqe": 0.5}``."""
     from ..trajir import rewards
+    from ..trajir.checks import parse_weights as parse_pairs
 
-    pairs = [p.strip() for p in text.replace(";", ",").replace("\n", ",").split(",") if p.strip()]
-    if not pairs:
+    if not text.strip():
         raise ValueError("weights is empty: with metric 'custom' give name=weight pairs, e.g. 'lpips=1, niqe=0.5'")
-    weights = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        name = name.strip().lower()
-        if not sep or not name:
-            raise ValueError(f"weights entry {pair!r} is not name=weight (e.g. 'niqe=0.5')")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise ValueError(f"weights entry {pair!r}: {value.strip()!r} is not a number") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weights entry {pair!r}: the weight must be finite and >= 0")
-        if name in weights:
-            raise ValueError(f"weights names {name!r} twice")
-        weights[name] = weight
+    weights = parse_pairs(text, "weights")
     unknown = sorted(set(weights) - set(rewards.METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown} in weights; known metrics: {sorted(rewards.METRICS)}")

@@ -15,6 +15,7 @@ EXPECTED = {
     "TrajIRRewardScorer": ("TrajIR Reward Scorer", ("FLOAT", "STRING", "TRAJIR_REWARD")),
     "TrajIRBestOfN": ("TrajIR Best-of-N Trajectory Aligner", ("LATENT", "IMAGE", "IMAGE", "STRING")),
     "TrajIRSaveConditioning": ("TrajIR Save Conditioning", ("STRING",)),
+    "TrajIRCompactRestore": ("TrajIR Compact Restore", ("IMAGE",)),
 }
 SOCKETS = {"MODEL", "LATENT", "SIGMAS", "CONDITIONING", "GUIDER", "NOISE", "VAE", "IMAGE", "TRAJIR_REWARD"}
 

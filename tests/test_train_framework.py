@@ -42,7 +42,8 @@ def test_overrides_types_and_choices(tmp_path):
     assert cfg["optim.lr"] == 3e-5 and cfg["run.out_dir"] == "runs/x y"
     assert cfg["model.ema_decay"] == 0.0 and isinstance(cfg["model.ema_decay"], float)
     assert cfg["data.cache_latents"] is False
-    assert parse_override("rl.reward=lpips:1,niqe:0.5") == ("rl.reward", "lpips:1,niqe:0.5")
+    assert parse_override("rl.reward=lpips=1,niqe=0.5") == ("rl.reward", "lpips=1,niqe=0.5")
+    assert load_config(None, ["data.task=sr=3, denoise=1"])["data.task"] == "sr=3, denoise=1"
     with pytest.raises(ValueError, match=r"run.max_steps must be int .* got 'ten'"):
         load_config(None, ["run.max_steps=ten"])
     with pytest.raises(ValueError, match="run.stage must be one of pretrain, rl, distill, rl\\+distill"):
@@ -189,3 +190,29 @@ def test_out_of_memory_names_the_options(tmp_path, monkeypatch):
     monkeypatch.setattr(Pretrain, "loss", oom)
     with pytest.raises(SystemExit, match="run.batch_size .* flux.gradient_checkpointing=true"):
         train(tiny_config(tmp_path, "run.max_steps=2"))
+
+
+def test_weighted_mix_syntax_is_shared():
+    from trajir.train.build import parse_task_mix
+    from trajir.train.rewarding import make_reward
+
+    assert parse_task_mix("sr=3, denoise=1") == [("sr", 3.0), ("denoise", 1.0)]
+    assert parse_task_mix("lowlight") == [("lowlight", 1.0)]
+    assert make_reward("psnr=1, ssim=0.5").weights == {"psnr": 1.0, "ssim": 0.5}
+    assert make_reward("fluxir-unified").weights == {"lpips": 1.0, "niqe": 1.0, "musiq": 1.0, "clipiqa": 1.0}
+    with pytest.raises(ValueError, match="data.task entry 'sr:3' is not name=weight"):
+        parse_task_mix("sr:3, denoise=1")
+    with pytest.raises(ValueError, match="rl.reward entry 'ssim=x': 'x' is not a number"):
+        make_reward("psnr=1, ssim=x")
+
+
+def test_every_shipped_config_resolves_and_names_real_tasks():
+    from trajir.data import TASKS
+    from trajir.train.__main__ import resolve_config, shipped_configs
+    from trajir.train.build import parse_task_mix
+
+    assert {"compact_lowlight_cpu.toml", "compact_underwater_cpu.toml", "fluxir_controlnet.toml"} <= set(
+        shipped_configs())
+    for name in shipped_configs():
+        cfg = load_config(resolve_config(name))
+        assert all(task in TASKS for task, _ in parse_task_mix(cfg["data.task"])), name

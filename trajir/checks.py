@@ -1,4 +1,6 @@
 """Input checks shared by the library: each raises ``ValueError`` naming the argument and what was expected."""
+import math
+
 import torch
 
 
@@ -36,6 +38,30 @@ def require_image_batch(name, x, channels=3):
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     return x
+
+
+def parse_weights(text, what="weights"):
+    """``"a=1, b=0.5"`` (pairs split by commas, semicolons or new lines) -> ``{"a": 1.0, "b": 0.5}``: the one
+    syntax for weighted mixes (reward metrics, training tasks). Weights must be finite and >= 0."""
+    pairs = [p.strip() for p in str(text).replace(";", ",").replace("\n", ",").split(",") if p.strip()]
+    if not pairs:
+        raise ValueError(f"{what} is empty; give name=weight pairs, e.g. 'a=1, b=0.5'")
+    weights = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower()
+        if not sep or not name:
+            raise ValueError(f"{what} entry {pair!r} is not name=weight (e.g. 'niqe=0.5')")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"{what} entry {pair!r}: {value.strip()!r} is not a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{what} entry {pair!r}: the weight must be finite and >= 0")
+        if name in weights:
+            raise ValueError(f"{what} names {name!r} twice")
+        weights[name] = weight
+    return weights
 
 
 def compute_dtype(*tensors):

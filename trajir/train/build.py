@@ -1,6 +1,7 @@
 """Turning a config into the objects of a run: data, the model family, the grid."""
 import math
 
+from ..checks import parse_weights
 from ..data import Loader, PairedFolders, SyntheticPairs, TaskMix, list_images, sample_images, split_holdout
 from ..grids import RFGrid, VPGrid
 from ..models import CompactUNet, CompactUNetConfig, load
@@ -9,22 +10,13 @@ EPOCH_SAMPLES = 512  # samples per data epoch when the folders hold fewer (crops
 
 
 def parse_task_mix(text):
-    """``"lowlight"`` or ``"sr:3,denoise:1"`` -> ``[("sr", 3.0), ("denoise", 1.0)]``."""
-    parts = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        name, _, weight = item.partition(":")
-        try:
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise ValueError(f"data.task: weight of {name!r} must be a number, got {weight!r}") from None
-        if not w > 0:
-            raise ValueError(f"data.task: weight of {name!r} must be > 0, got {w}")
-        parts.append((name.strip(), w))
-    if not parts:
-        raise ValueError("data.task is empty; name a task (e.g. lowlight) or a mix (sr:3,denoise:1)")
-    return parts
+    """``"lowlight"`` or ``"sr=3, denoise=1"`` -> ``[("sr", 3.0), ("denoise", 1.0)]``."""
+    if "=" not in text:
+        return [(text.strip(), 1.0)]
+    mix = parse_weights(text, "data.task")
+    if not all(w > 0 for w in mix.values()):
+        raise ValueError(f"data.task: every task weight must be > 0, got {text!r}")
+    return list(mix.items())
 
 
 def build_grid(cfg):

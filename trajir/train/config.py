@@ -36,7 +36,7 @@ DEFAULTS = {
         "ema_decay": 0.999,         # 0 disables the EMA copy
     },
     "data": {
-        "task": "lowlight",         # synthetic degradation for clean folders, or a "task:weight,task:weight" mix
+        "task": "lowlight",         # synthetic degradation for clean folders, or a mix "sr=3, denoise=1"
         "clean_dir": "",            # folder of clean images ("" = the bundled sample photos)
         "paired_dir": "",           # folder with lq/ and gt/ (takes precedence over clean_dir)
         "crop": 64,
@@ -63,7 +63,7 @@ DEFAULTS = {
     },
     "rl": {
         "branches": 4,              # N M-SDE branches per sample (the ODE continuation is candidate 0)
-        "reward": "psnr",           # a metric, a preset (psnr, fluxir-unified) or "name:weight,..."
+        "reward": "psnr",           # a metric, a preset (psnr, fluxir-unified) or a mix "lpips=1, niqe=0.5"
         "eta_max": 1.0,             # the modulation network's output range
         "eta_fixed": 0.0,           # > 0: plain-SDE alignment with this fixed eta (Table IX); 0: ModulationMLP
         "explore_std": 0.15,        # exploration noise on eta around the network's value
