@@ -313,6 +313,20 @@ def main(out_dir):
             "not_flux_error": _error(lambda: node.save([[torch.zeros(1, 77, 768), {}]], "x")),
         }
 
+    @check("compact_restore")
+    def _():
+        from trajir_pack.trajir.restoration import load_compact, restore
+
+        node = ours["TrajIRCompactRestore"]()
+        choice = node.INPUT_TYPES()["required"]["model"][0][0]
+        image = torch.cat([clean, clean.flip(1)])                      # IMAGE [2, 64, 64, 3]
+        before = len(progress)
+        out = node.restore(image, choice, 3, 256)[0]
+        net, recipe = load_compact(pack.nodes.compact_restore.model_file(choice))
+        ref = torch.cat([restore(net, recipe, image[i:i + 1].permute(0, 3, 1, 2), seed=3 + i) for i in range(2)])
+        return {"choice": choice, "shape": list(out.shape), "vs_library": diff(out.permute(0, 3, 1, 2), ref),
+                "progress_events": len(progress) - before}
+
     print("TRAJIR_RESULTS " + json.dumps(results))
 
 

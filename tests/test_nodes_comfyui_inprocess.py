@@ -133,3 +133,11 @@ def test_save_conditioning_round_trips_and_never_overwrites(results):
     assert "contains '..'" in out["dotdot_error"]
     assert "is an absolute path" in out["absolute_error"]
     assert out["not_flux_error"].startswith("not a FLUX conditioning")
+
+
+def test_compact_restore_runs_the_shipped_restorer_inside_comfyui(results):
+    out = _check(results, "compact_restore")
+    assert out["choice"].endswith(" (shipped)")
+    assert out["shape"] == [2, 64, 64, 3]       # ComfyUI IMAGE layout, the input's size
+    assert out["vs_library"] < 1e-6             # the node is trajir.restoration.restore, image by image
+    assert out["progress_events"] == 2          # one per image

@@ -170,3 +170,20 @@ def test_plain_sde_alignment_switch(tmp_path, pretrained):
     assert torch.equal(e.etas[1:], torch.ones(cfg["rl.branches"], 2))
     with pytest.raises(ValueError, match="rl.branch_steps must be positions 0..2"):
         _stage(RLAlign, tiny_config(tmp_path, f"run.init={pretrained}", "rl.branch_steps=3"))
+
+
+def test_noise_target_is_the_ode_step_plus_the_winners_noise(tmp_path, pretrained):
+    from trajir.sde import rf_coefficients
+
+    cfg = tiny_config(tmp_path, f"run.init={pretrained}", "run.stage=rl", "rl.branches=3", "rl.eta_fixed=0.6",
+                      "rl.explore_std=0", "rl.target=noise")
+    stage = _stage(RLAlign, cfg)
+    e, _ = stage.explore(_batch(cfg), sample_keys(0, 1, 0, 0, 1, 2))
+    t = stage.restorer.grid.t
+    for i in range(2):
+        k = int(e.position[i])
+        _, beta, scale = rf_coefficients(float(t[k]), float(t[k + 1]), 0.6)
+        for n in range(1, 4):
+            deviation = e.x_next[n, i] - e.x_next[0, i]       # -scale * beta * z: zero mean, no drift
+            assert abs(float(deviation.mean())) < 0.1 * scale * beta
+            assert float(deviation.std()) == pytest.approx(scale * beta, rel=0.1)

@@ -70,6 +70,7 @@ DEFAULTS = {
         "branch_steps": "",         # grid indices eligible as branch steps ("" = 0 .. K-2)
         "refresh_every": 50,        # steps between refreshes of the frozen sampler copy
         "modulation_lr": 1e-3,
+        "target": "branch",         # branch: the winner's state (Eq. (15)); noise: the ODE step + the winner's noise
         "gt_weight": 0.0,           # optional anchor: weight of the flow-matching loss on GT pairs
         "records": "",              # FLUX: a folder of Best-of-N branch records from ComfyUI to learn from instead
     },
@@ -116,6 +117,7 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine"),
     "flux.base_dtype": ("bf16", "fp8", "fp32"),
     "flux.size": ("dev", "tiny"),
+    "rl.target": ("branch", "noise"),
 }
 
 

@@ -28,7 +28,7 @@ class Exploration:
     """Everything one RL batch explored (kept for the loss, logs and tests)."""
     position: torch.Tensor    # [B] branch position k in the sampling path
     x_k: torch.Tensor         # [B, ...] ODE state at k
-    x_next: torch.Tensor      # [N + 1, B, ...] candidate states at k + 1 (0 = the ODE step)
+    x_next: torch.Tensor      # [N + 1, B, ...] regression targets at k + 1 (0 = the ODE step; see rl.target)
     images: torch.Tensor      # [N + 1, B, 3, H, W] decoded final images of every candidate
     scores: torch.Tensor      # [N + 1, B] rewards
     best: torch.Tensor        # [B] winning candidate
@@ -147,6 +147,9 @@ class RLAlign(Stage):
             images = torch.cat([self.restorer.decode(states[-1])[None], decoded.reshape(n, b, *decoded.shape[1:])])
             best, scores = best_of_n(images.float(), self.reward, reference=batch["gt"].to(device).float(),
                                      ode_index=0)
+        if self.cfg["rl.target"] == "noise":  # the ODE step plus the winning branch's noise, without the drift bias
+            mean = grid.msde(rep(x_k), rep(pred_k), rep(a), rep(c), etas.reshape(-1), torch.zeros_like(branch))
+            branch = rep(ode_next) + (branch - mean)
         x_next = torch.cat([ode_next[None], branch.reshape(n, b, *branch.shape[1:])])
         etas = torch.cat([torch.zeros(1, b, device=device), etas])
         return Exploration(position, x_k, x_next, images, scores, best, etas, eta_net, error), s
