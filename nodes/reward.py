@@ -1,7 +1,6 @@
 """TrajIR Reward Scorer: scores an IMAGE batch with ``trajir.rewards`` and hands the configured scorer
 (TRAJIR_REWARD) to the Best-of-N node. Inside ComfyUI the learned metrics read their weights from
 ``models/iqa`` (registered by the pack); nothing is downloaded."""
-import math
 
 from .comfy_bridge import image_to_bchw, iqa_dirs
 

@@ -1,6 +1,5 @@
 """python -m trajir.restore and the shipped default restorers: real photos, sizes, PSNR gains, errors."""
 import pytest
-import torch
 
 from conftest import load_pack
 from trajir.data import degrade, read_image, sample_split, write_png

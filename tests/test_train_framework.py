@@ -1,5 +1,4 @@
 """python -m trajir.train: config, checkpoints, exact resume, distributed equivalence, bad input, export."""
-import json
 import os
 import signal
 import subprocess

@@ -16,8 +16,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..checks import require_image_batch
-from .flux import PATCH, Flux, FluxParams, check_tokens, conditioning_vector
-from .layers import DoubleStreamBlock, EmbedND, MLPEmbedder, finite, init_weights_, run_block, zero_
+from .flux import PATCH, Flux, FluxParams, add_inputs_and_double_blocks, check_tokens, conditioning_vector
+from .layers import finite, init_weights_, run_block, zero_
 
 HINT_DOWNSCALE = 8  # three stride-2 convs: the hint has the pixel size of the image the latent decodes to
 
@@ -54,14 +54,7 @@ class XLabsControlNet(nn.Module):
         self.params = params
         self.gradient_checkpointing = False
         hidden = params.hidden_size
-        self.pe_embedder = EmbedND(params.theta, params.axes_dim)
-        self.img_in = nn.Linear(params.in_channels * PATCH * PATCH, hidden, bias=True)
-        self.time_in = MLPEmbedder(256, hidden)
-        self.vector_in = MLPEmbedder(params.vec_in_dim, hidden)
-        self.guidance_in = MLPEmbedder(256, hidden) if params.guidance_embed else nn.Identity()
-        self.txt_in = nn.Linear(params.context_in_dim, hidden)
-        self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(hidden, params.num_heads, params.mlp_ratio, params.qkv_bias) for _ in range(params.depth))
+        add_inputs_and_double_blocks(self, params)
         self.controlnet_blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(params.depth))
         # the hint is patchified like the latent: 16 channels x 2x2 = 64 = 4 * in_channels for FLUX
         self.pos_embed_input = nn.Linear(16 * PATCH * PATCH, hidden, bias=True)

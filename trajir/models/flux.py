@@ -174,6 +174,21 @@ def conditioning_vector(model: nn.Module, timesteps, guidance, y, batch: int, de
     return vec + model.vector_in(y.to(device=device, dtype=dtype))
 
 
+def add_inputs_and_double_blocks(module: nn.Module, params: FluxParams):
+    """The embedders and double-stream blocks that the FLUX DiT and its XLabs ControlNet share, under the key
+    names both file layouts use (``img_in``, ``time_in``, ``vector_in``, ``guidance_in``, ``txt_in``,
+    ``double_blocks``)."""
+    hidden = params.hidden_size
+    module.pe_embedder = EmbedND(params.theta, params.axes_dim)
+    module.img_in = nn.Linear(params.in_channels * PATCH * PATCH, hidden, bias=True)
+    module.time_in = MLPEmbedder(256, hidden)
+    module.vector_in = MLPEmbedder(params.vec_in_dim, hidden)
+    module.guidance_in = MLPEmbedder(256, hidden) if params.guidance_embed else nn.Identity()
+    module.txt_in = nn.Linear(params.context_in_dim, hidden)
+    module.double_blocks = nn.ModuleList(
+        DoubleStreamBlock(hidden, params.num_heads, params.mlp_ratio, params.qkv_bias) for _ in range(params.depth))
+
+
 class Flux(nn.Module):
     """FLUX DiT. ``forward`` works on packed tokens; ``velocity`` on ``[B, 16, h, w]`` latents."""
 
@@ -186,14 +201,7 @@ class Flux(nn.Module):
         self.params = params
         self.gradient_checkpointing = False
         hidden = params.hidden_size
-        self.pe_embedder = EmbedND(params.theta, params.axes_dim)
-        self.img_in = nn.Linear(params.in_channels * PATCH * PATCH, hidden, bias=True)
-        self.time_in = MLPEmbedder(256, hidden)
-        self.vector_in = MLPEmbedder(params.vec_in_dim, hidden)
-        self.guidance_in = MLPEmbedder(256, hidden) if params.guidance_embed else nn.Identity()
-        self.txt_in = nn.Linear(params.context_in_dim, hidden)
-        self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(hidden, params.num_heads, params.mlp_ratio, params.qkv_bias) for _ in range(params.depth))
+        add_inputs_and_double_blocks(self, params)
         self.single_blocks = nn.ModuleList(
             SingleStreamBlock(hidden, params.num_heads, params.mlp_ratio) for _ in range(params.depth_single_blocks))
         self.final_layer = LastLayer(hidden, params.out_channels * PATCH * PATCH)
