@@ -66,3 +66,21 @@ def test_recipe_validation():
     with pytest.raises(ValueError, match="lq_weight must lie in"):
         Recipe(grid=grid, lq_weight=2.0)
     assert Recipe.from_json(Recipe(grid=grid, path=[1, 2], ngs_w=0.1).to_json()).path == [1, 2]
+
+
+def test_reproduce_runs_every_phase_then_skips_finished_ones(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the reproduction draws the cost figure (plot extra)")
+    from trajir.train.reproduce import reproduce
+
+    cfg = tiny_config(tmp_path, "run.max_steps=6", "reproduce.rl_steps=2", "reproduce.distill_steps=2",
+                      "reproduce.eval_draws=1", "rl.branches=2", "distill.cost_batches=1")
+    rows = reproduce(cfg, log=lambda *_: None)
+    assert [(r["model"], r["nfe"]) for r in rows] == [("pretrained", 4), ("rl", 4), ("distill_2", 2),
+                                                     ("distill_1", 1), ("rl_distill_2", 2), ("rl_distill_1", 1)]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == rows and saved["seed"] == cfg["run.seed"]
+    assert "| RL + Distillation | 1 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "cost_rl.png").is_file()
+    messages = []
+    reproduce(cfg, log=messages.append)  # everything is there: no phase trains again
+    assert sum("done already" in m for m in messages) == 6

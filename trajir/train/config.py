@@ -100,6 +100,7 @@ DEFAULTS = {
         "rl_lr": 2e-5,
         "distill_steps": 300,
         "distill_lr": 5e-5,
+        "eval_draws": 16,           # degradations drawn per held-out photo in the final table
     },
     "val": {
         "batch_size": 2,

@@ -60,7 +60,7 @@ def reproduce(cfg, log=print):
     metrics = ["psnr", "ssim"] + (["lpips"] if "lpips" in available() else [])
     rows = []
     for label, name in ROWS:
-        result = evaluate_file(files[name], cfg, metrics)
+        result = evaluate_file(files[name], cfg, metrics, draws=cfg["reproduce.eval_draws"])
         rows.append({"method": label, "model": name, **result})
         log(f"[reproduce] {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "nfe"))
     cost = analyze_cost(Config({**cfg, "run.init": files["rl"]}), os.path.join(cfg["run.out_dir"], "cost_rl.png"))
