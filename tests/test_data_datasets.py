@@ -184,3 +184,21 @@ def test_split_holdout_is_deterministic_by_name():
     assert len(set(held) - set(held2)) <= 1 and set(train) <= set(train2)
     with pytest.raises(ValueError, match=r"holdout must be an integer count in 0..19 or a fraction"):
         split_holdout(names, 20)
+
+
+def test_channel_shuffle_permutes_lq_and_gt_together_and_keeps_the_stream():
+    from trajir.data.transforms import random_crop_flip
+
+    img = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0))
+    other = img * 0.5
+    plain = random_crop_flip([img, other], (16, 16), torch.Generator().manual_seed(1))
+    perms = set()
+    for seed in range(1, 12):
+        a, b = random_crop_flip([img, other], (16, 16), torch.Generator().manual_seed(seed), shuffle_channels=True)
+        ref, _ = random_crop_flip([img, other], (16, 16), torch.Generator().manual_seed(seed))
+        perm = [int((ref - a[c]).abs().flatten(1).sum(1).argmin()) for c in range(3)]
+        assert sorted(perm) == [0, 1, 2] and torch.equal(a, ref[perm]) and torch.equal(b, a * 0.5)
+        perms.add(tuple(perm))
+        if seed == 1:  # the crop and flips are those of the unshuffled call with the same seed
+            assert torch.equal(ref, plain[0])
+    assert len(perms) > 1

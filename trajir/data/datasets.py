@@ -94,7 +94,7 @@ class PairedFolders:
     """
 
     def __init__(self, root=None, *, lq_dir=None, gt_dir=None, crop=None, hflip=True, vflip=False, task="paired",
-                 seed=0, names=None, cache=False):
+                 seed=0, names=None, cache=False, shuffle_channels=False):
         if root is not None:
             if lq_dir is not None or gt_dir is not None:
                 raise ValueError("give either root (a folder holding lq/ and gt/) or lq_dir and gt_dir, not both")
@@ -103,6 +103,7 @@ class PairedFolders:
             raise ValueError("give root (a folder holding lq/ and gt/) or both lq_dir and gt_dir")
         self.crop = parse_crop(crop)
         self.hflip, self.vflip, self.task, self.seed = bool(hflip), bool(vflip), str(task), int(seed)
+        self.shuffle_channels = bool(shuffle_channels)
         lq = _by_stem(list_images(lq_dir, "lq_dir"), "lq_dir")
         gt = _by_stem(list_images(gt_dir, "gt_dir"), "gt_dir")
         only_lq, only_gt = sorted(set(lq) - set(gt)), sorted(set(gt) - set(lq))
@@ -134,7 +135,8 @@ class PairedFolders:
         _check_index(index, len(self))
         lq, gt = self._cache[index] if self._cache is not None else self._decode(index)
         g = torch.Generator().manual_seed(derive_seed(self.seed, index, draw))
-        lq, gt = random_crop_flip([lq, gt], self.crop, g, hflip=self.hflip, vflip=self.vflip)
+        lq, gt = random_crop_flip([lq, gt], self.crop, g, hflip=self.hflip, vflip=self.vflip,
+                                  shuffle_channels=self.shuffle_channels)
         return {"lq": lq, "gt": gt, "task": self.task, "name": self.names[index]}
 
 
@@ -159,12 +161,12 @@ class SyntheticPairs:
     """
 
     def __init__(self, clean, task, *, seed=0, crop=None, hflip=True, vflip=False, options=None, names=None,
-                 cache=False):
+                 cache=False, shuffle_channels=False):
         if task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
         self.task, self.seed, self.options = task, int(seed), dict(options or {})
         self.crop = parse_crop(crop)
-        self.hflip, self.vflip = bool(hflip), bool(vflip)
+        self.hflip, self.vflip, self.shuffle_channels = bool(hflip), bool(vflip), bool(shuffle_channels)
         if isinstance(clean, (str, pathlib.Path)):
             clean = list_images(clean, "clean")
         if not isinstance(clean, (list, tuple)) or not clean:
@@ -199,7 +201,8 @@ class SyntheticPairs:
         _check_index(index, len(self))
         clean = self._cache[index] if self._cache is not None else self._decode(index)
         g = torch.Generator().manual_seed(derive_seed(self.seed, index, draw, 0))
-        (gt,) = random_crop_flip([clean], self.crop, g, hflip=self.hflip, vflip=self.vflip)
+        (gt,) = random_crop_flip([clean], self.crop, g, hflip=self.hflip, vflip=self.vflip,
+                                 shuffle_channels=self.shuffle_channels)
         lq = degrade(self.task, gt[None], derive_seed(self.seed, index, draw, 1), **self.options)[0]
         return {"lq": lq, "gt": gt, "task": self.task, "name": self.names[index]}
 

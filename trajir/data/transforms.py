@@ -43,12 +43,14 @@ def check_sizes(items, crop, names=None):
     return sizes
 
 
-def random_crop_flip(images, crop, generator, *, hflip=True, vflip=False):
+def random_crop_flip(images, crop, generator, *, hflip=True, vflip=False, shuffle_channels=False):
     """One random ``crop`` window and the same flips applied to every image of ``images`` (a list of
     ``[C,H,W]`` tensors of one size, e.g. ``[lq, gt]``).
 
     Four numbers are always drawn from ``generator`` (top, left, horizontal and vertical flip coins), so the
-    stream does not depend on the options. ``crop=None`` keeps the whole image.
+    stream does not depend on the flip options. ``crop=None`` keeps the whole image. ``shuffle_channels`` then
+    draws one permutation of the colour channels for all images: with few training photos it keeps a model from
+    learning their colours instead of the restoration.
     """
     h, w = images[0].shape[-2:]
     for img in images[1:]:
@@ -62,8 +64,10 @@ def random_crop_flip(images, crop, generator, *, hflip=True, vflip=False):
     left = int(torch.randint(w - cw + 1, (1,), generator=generator))
     coins = torch.rand(2, generator=generator)
     dims = ([-1] if hflip and coins[0] < 0.5 else []) + ([-2] if vflip and coins[1] < 0.5 else [])
+    perm = torch.randperm(images[0].shape[-3], generator=generator) if shuffle_channels else None
     out = []
     for img in images:
         img = img[..., top:top + ch, left:left + cw]
-        out.append(img.flip(dims) if dims else img.contiguous())
+        img = img.flip(dims) if dims else img.contiguous()
+        out.append(img[..., perm, :, :] if perm is not None else img)
     return out

@@ -29,17 +29,20 @@ def build_datasets(cfg):
     """``(train dataset, [validation datasets])``; every file is checked here, before training starts."""
     seed, crop, holdout = cfg["run.seed"], cfg["data.crop"] or None, cfg["data.holdout"]
     val_crop = cfg["data.val_crop"] or None
+    shuffle = cfg["data.shuffle_channels"]
     if cfg["data.paired_dir"]:
         names = PairedFolders(cfg["data.paired_dir"]).names
         train_names, val_names = split_holdout(names, holdout) if holdout else (names, [])
-        train = [(PairedFolders(cfg["data.paired_dir"], crop=crop, seed=seed, names=train_names), 1.0)]
+        train = [(PairedFolders(cfg["data.paired_dir"], crop=crop, seed=seed, names=train_names,
+                                shuffle_channels=shuffle), 1.0)]
         val = [PairedFolders(cfg["data.paired_dir"], crop=val_crop, seed=seed + 1, names=val_names, hflip=False)]
         val = val if val_names else []
     else:
         files = list_images(cfg["data.clean_dir"], "data.clean_dir") if cfg["data.clean_dir"] else sample_images()
         train_files, val_files = split_holdout(files, holdout) if holdout else (files, [])
         tasks = parse_task_mix(cfg["data.task"])
-        train = [(SyntheticPairs(train_files, task, seed=seed, crop=crop), w) for task, w in tasks]
+        train = [(SyntheticPairs(train_files, task, seed=seed, crop=crop, shuffle_channels=shuffle), w)
+                 for task, w in tasks]
         val = [SyntheticPairs(val_files, task, seed=seed + 1, crop=val_crop, hflip=False)
                for task, _ in tasks] if val_files else []
     total = sum(len(d) for d, _ in train)
