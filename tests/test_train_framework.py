@@ -96,8 +96,8 @@ def test_checkpoint_round_trip_prune_and_latest(tmp_path):
 # --- exact resume ------------------------------------------------------------------------------------------------
 
 def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    steps = 8
-    full = tiny_config(tmp_path / "full", f"run.max_steps={steps}", "run.save_every=100")
+    steps = 8  # logged every 2 steps: the interval means must survive the stop after step 3 too
+    full = tiny_config(tmp_path / "full", f"run.max_steps={steps}", "run.save_every=100", "run.log_every=2")
     assert train(full) == "done"
 
     original = Pretrain.after_step
@@ -108,7 +108,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(Pretrain, "after_step", stop_after_three)
-    part = tiny_config(tmp_path / "part", f"run.max_steps={steps}", "run.save_every=100")
+    part = tiny_config(tmp_path / "part", f"run.max_steps={steps}", "run.save_every=100", "run.log_every=2")
     assert train(part) == "stopped"
     assert checkpoint.resolve_resume(tmp_path / "part" / "checkpoints", "latest").endswith("step_00000003")
     monkeypatch.setattr(Pretrain, "after_step", original)
@@ -116,7 +116,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, monkeypat
 
     a = read_metrics(tmp_path / "full" / "metrics.jsonl")
     b = read_metrics(tmp_path / "part" / "metrics.jsonl")
-    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    assert [r["step"] for r in b] == list(range(2, steps + 1, 2))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     wa = load(tmp_path / "full" / "compact_pretrain.safetensors").state_dict()
     wb = load(tmp_path / "part" / "compact_pretrain.safetensors").state_dict()

@@ -72,6 +72,7 @@ def _train(cfg, resume, env):
     ema = EMA(trained, cfg["model.ema_decay"]) if cfg["model.ema_decay"] > 0 else None
 
     start = 0
+    window = {}  # sums of the logged values since the last log line (each line shows the interval's mean)
     if resume:
         folder = checkpoint.resolve_resume(ckpt_root, resume)
         start, state = checkpoint.load_checkpoint(folder)
@@ -83,6 +84,7 @@ def _train(cfg, resume, env):
         if ema is not None:
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"]["torch"])
+        window = dict(state.get("log_window", {}))
     if env.is_main:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.toml"), "w") as f:
@@ -95,7 +97,7 @@ def _train(cfg, resume, env):
         if env.is_main:
             state = {"model": trained.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "data": loader.state_dict(), "stage": stage.state_dict(),
-                     "rng": {"torch": torch.get_rng_state()}}
+                     "rng": {"torch": torch.get_rng_state()}, "log_window": dict(window)}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             checkpoint.save_checkpoint(ckpt_root, step, state, cfg["run.keep_last"])
@@ -130,10 +132,15 @@ def _train(cfg, resume, env):
                 if ema is not None:
                     ema.update(trained)
                 stage.after_step(step)
+                for k, v in totals.items():
+                    window[k] = window.get(k, 0.0) + v
+                window["_steps"] = window.get("_steps", 0) + 1
                 if step % cfg["run.log_every"] == 0 or step == cfg["run.max_steps"]:
-                    values = distributed.mean_over_ranks(env, totals)
+                    count = window.pop("_steps")
+                    values = distributed.mean_over_ranks(env, {k: v / count for k, v in window.items()})
                     values["lr"] = scheduler.get_last_lr()[0]
                     log.log(step, values)
+                    window = {}
                 log.advance()
                 stopping = distributed.any_rank(env, stop.requested)
                 if stopping or step % cfg["run.save_every"] == 0 or step == cfg["run.max_steps"]:
