@@ -143,6 +143,7 @@ def _step_coefficients(values, etas, param, s_noise):
 
 def _sde_update(x, d, coefficients, z, param):
     drift, noise_coef, scale = coefficients
+    out = x.add(d, alpha=drift)  # one new tensor, then in place: the step costs little next to the model
     if param == "rf":
-        return scale * (x + drift * d - noise_coef * z)
-    return x + drift * d + noise_coef * z
+        return out.sub_(z, alpha=noise_coef).mul_(scale)
+    return out.add_(z, alpha=noise_coef)

@@ -1,7 +1,9 @@
 """``python -m trajir.bench sampler``: time per step of ``sample_msde`` (eta 0 and eta 1) against a bare Euler
-loop on the same small model, measured interleaved in one run. Target ratio <= 1.05: the model call dominates,
-and the sampler adds no model evaluations and no host-device synchronisation per step."""
+loop on the same small model, measured interleaved in one run, each round in a seeded shuffled order.
+Target ratio <= 1.05: the model call dominates, and the sampler adds no model evaluations and no host-device
+synchronisation per step."""
 import argparse
+import random
 import statistics
 import time
 
@@ -43,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=64, help="latent height and width")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved repetitions; the median is reported")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved repetitions; the median is reported")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     model = SmallDenoiser().to(device).eval()
@@ -58,8 +60,10 @@ def main(argv=None):
     with torch.inference_mode():
         for fn in variants.values():  # warm-up
             fn()
-        for _ in range(args.rounds):
-            for name, fn in variants.items():
+        for round_index in range(args.rounds):
+            order = list(variants.items())
+            random.Random(round_index).shuffle(order)  # no variant always runs first or right after another
+            for name, fn in order:
                 _sync(device)
                 start = time.perf_counter()
                 fn()
@@ -67,7 +71,7 @@ def main(argv=None):
                 times[name].append((time.perf_counter() - start) / args.steps)
     base = statistics.median(times["bare Euler loop"])
     print(f"sampler benchmark: device={device}, latent {args.batch}x16x{args.size}x{args.size}, "
-          f"{args.steps} steps, median of {args.rounds} interleaved rounds, torch threads={torch.get_num_threads()}")
+          f"{args.steps} steps, median of {args.rounds} rounds in shuffled order, torch threads={torch.get_num_threads()}")
     print(f"{'variant':<22}{'ms/step':>10}{'ratio':>9}")
     for name, values in times.items():
         median = statistics.median(values)

@@ -41,8 +41,8 @@ DEFAULTS = {
         "paired_dir": "",           # folder with lq/ and gt/ (takes precedence over clean_dir)
         "crop": 64,
         "holdout": 2,               # images held out for validation (by file, deterministic)
-        "val_crop": 128,
-        "shuffle_channels": False,  # permute the colour channels of training crops (few photos: colour-blind model)            # centre crop of the validation images (0 = whole image)
+        "val_crop": 128,            # centre crop of the validation images (0 = whole image)
+        "shuffle_channels": False,  # permute the colour channels of training crops (few photos: colour-blind model)
         "cache_latents": True,      # FLUX: encode GT / LQ once with the frozen VAE
         "prompt_embeddings": "",    # FLUX: file written by "TrajIR Save Conditioning" ("" = zeros)
     },
