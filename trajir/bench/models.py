@@ -11,31 +11,12 @@
 3. The autoencoder (the FLUX one on CUDA, the tiny one on the CPU): untiled against tiled, time ratio.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 from ..models import (AutoEncoder, AutoEncoderParams, CompactUNet, CompactUNetConfig, Flux, FluxParams,
                       XLabsControlNet, enable_gradient_checkpointing, freeze, image_ids, pack_latents, text_ids)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats):
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from .timing import timed
 
 
 def saved_activation_bytes(fn, params):

@@ -5,12 +5,12 @@ synchronisation per step."""
 import argparse
 import random
 import statistics
-import time
 
 import torch
 from torch import nn
 
 from ..samplers import sample_msde
+from .timing import wall_time
 
 
 class SmallDenoiser(nn.Module):
@@ -32,11 +32,6 @@ def euler_loop(model, x, sigmas):
         x0 = model(x, sigmas[i] * s_in)
         x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
     return x
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(argv=None):
@@ -64,11 +59,7 @@ def main(argv=None):
             order = list(variants.items())
             random.Random(round_index).shuffle(order)  # no variant always runs first or right after another
             for name, fn in order:
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append((time.perf_counter() - start) / args.steps)
+                times[name].append(wall_time(fn, device) / args.steps)
     base = statistics.median(times["bare Euler loop"])
     print(f"sampler benchmark: device={device}, latent {args.batch}x16x{args.size}x{args.size}, "
           f"{args.steps} steps, median of {args.rounds} rounds in shuffled order, torch threads={torch.get_num_threads()}")

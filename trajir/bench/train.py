@@ -13,8 +13,6 @@ bf16 compute), plus fp32 on the CPU; ratios are against bf16.
 """
 import argparse
 import gc
-import statistics
-import time
 
 import torch
 
@@ -26,11 +24,7 @@ from ..train.distributed import DistEnv
 from ..train.flux_restorer import FluxIROptions, FluxIRRestorer
 from ..train.fp8 import storage_bytes
 from ..train.pretrain import Pretrain
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .timing import timed
 
 
 def random_flux(params, device):
@@ -75,15 +69,9 @@ def measure(base_dtype, full, size, device, repeats):
     step()  # warm-up: kernels, AdamW state
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    seconds = timed(step, device, repeats, warmup=False)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return statistics.median(times), peak, storage_bytes(restorer.base) / 2**30
+    return seconds, peak, storage_bytes(restorer.base) / 2**30
 
 
 def free_memory(device):
