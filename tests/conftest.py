@@ -35,10 +35,46 @@ def comfyui_path():
     return None
 
 
-requires_comfyui = pytest.mark.skipif(
-    comfyui_path() is None,
-    reason="needs a ComfyUI checkout: set COMFYUI_PATH to a folder holding ComfyUI's main.py and comfy/",
-)
+COMFYUI_REASON = "needs a ComfyUI checkout: set COMFYUI_PATH to a folder holding ComfyUI's main.py and comfy/"
+
+
+# A test (or, as ``pytestmark``, a module) that needs a real ComfyUI: skipped without $COMFYUI_PATH, and a failure
+# when it is skipped for any reason while $COMFYUI_PATH is set (see ``pytest_runtest_makereport``).
+requires_comfyui = pytest.mark.comfyui
+
+
+def pytest_collection_modifyitems(config, items):
+    if comfyui_path() is None:
+        skip = pytest.mark.skip(reason=COMFYUI_REASON)
+        for item in items:
+            if item.get_closest_marker("comfyui") is not None:
+                item.add_marker(skip)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: needs the ComfyUI checkout named by $COMFYUI_PATH")
+    path = os.environ.get("COMFYUI_PATH")
+    if path and comfyui_path() is None:
+        raise pytest.UsageError(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no comfy/ folder in it); "
+                                "unset it to skip the ComfyUI tests")
+
+
+def pytest_report_header(config):
+    path = comfyui_path()
+    if path is None:
+        return f"ComfyUI: COMFYUI_PATH is not set, so the tests marked 'comfyui' are skipped ({COMFYUI_REASON})"
+    return f"ComfyUI: {path} (a skipped 'comfyui' test counts as a failure)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With $COMFYUI_PATH set, a skipped ComfyUI test is a failure: a silent skip must not pass as green."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and comfyui_path() is not None and item.get_closest_marker("comfyui") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped although COMFYUI_PATH={comfyui_path()} is set: {reason}"
 
 
 def sample_photo(name="astronaut", size=None):

@@ -49,3 +49,47 @@ def test_cli_index_lists_subcommands():
     from trajir.__main__ import SUBCOMMANDS
     for name in SUBCOMMANDS:
         assert name in out
+
+
+COMFY_MARKED_TESTS = '''
+import pytest
+from conftest import requires_comfyui
+
+@requires_comfyui
+def test_needs_comfyui():
+    assert True
+
+@requires_comfyui
+def test_skips_inside():
+    pytest.skip("the server did not start")
+'''
+
+
+def _run_marked_tests(tmp_path, comfyui_path):
+    (tmp_path / "test_marked.py").write_text(COMFY_MARKED_TESTS)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "COMFYUI_PATH"}
+    if comfyui_path is not None:
+        env["COMFYUI_PATH"] = str(comfyui_path)
+    env["PYTHONPATH"] = str(REPO / "tests")
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "conftest",
+                           str(tmp_path / "test_marked.py")], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+def test_comfyui_tests_are_skipped_with_the_reason_when_comfyui_path_is_unset(tmp_path):
+    proc = _run_marked_tests(tmp_path, None)
+    assert proc.returncode == 0, proc.stdout
+    assert "2 skipped" in proc.stdout and "set COMFYUI_PATH" in proc.stdout
+
+
+def test_a_skipped_comfyui_test_fails_when_comfyui_path_is_set(tmp_path):
+    fake = tmp_path / "ComfyUI"
+    (fake / "comfy").mkdir(parents=True)
+    proc = _run_marked_tests(tmp_path, fake)
+    assert proc.returncode == 1, proc.stdout
+    assert "1 failed, 1 passed" in proc.stdout
+    assert "skipped although COMFYUI_PATH" in proc.stdout and "the server did not start" in proc.stdout
+
+
+def test_a_comfyui_path_that_is_not_a_checkout_stops_the_run(tmp_path):
+    proc = _run_marked_tests(tmp_path, tmp_path / "nowhere")
+    assert proc.returncode != 0 and "is not a ComfyUI checkout" in proc.stdout + proc.stderr

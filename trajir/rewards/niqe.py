@@ -20,7 +20,7 @@ all 96-px blocks at once:
 The shape fits pick the nearest of 9,801 tabulated ratios, so a feature can jump by a grid step when a ratio sits
 near a midpoint, and the score by ~1e-2: the arithmetic decides. Everything is float64 as in the references,
 and the places where pyiqa rounds to float32 are kept as pyiqa has them (the Gaussian window, the shape grid, the
-half-scale resize), so that our scores equal pyiqa's to ~1e-6 (tests: 1e-3).
+half-scale resize), so that our scores equal pyiqa's to ~1e-6, up to such a grid flip in an occasional image.
 
 Blocks without structure (a flat block has no negative and no positive MSCN values) give NaN features, which are
 left out as the reference's nanmean / nancov do; an image with no valid block scores NaN.
