@@ -4,7 +4,7 @@ Follows BFL flux ``src/flux/model.py``: 19 double-stream (MM-DiT) blocks, 38 sin
 (t, h, w) position ids, a timestep embedding and, for dev, a distilled-guidance embedding. Latents enter as
 packed 2x2 patches ``[B, h/2 * w/2, 4C]``; the network predicts the velocity ``v = eps - x0`` (DESIGN.md
 "Conventions"). ControlNet residuals are added to the image tokens after the double blocks (see
-``repeat_residuals``).
+``repeat_residuals``) and, for InstantX / diffusers ControlNets, after the single blocks too (``instantx.py``).
 """
 import dataclasses
 from dataclasses import dataclass, field
@@ -212,25 +212,30 @@ class Flux(nn.Module):
         return self.params
 
     def forward(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor, timesteps, y=None,
-                guidance=None, controlnet_residuals=None) -> Tensor:
+                guidance=None, controlnet_residuals=None, controlnet_single_residuals=None) -> Tensor:
         """Velocity tokens ``[B, N, 4*out_channels]`` for packed ``img [B, N, 4*in_channels]``.
 
         ``timesteps`` is the rectified-flow t in [0, 1] (ComfyUI's sigma), ``[B]`` or a number. ``txt``
         ``[B, T, context_in_dim]`` are T5 embeddings, ``y [B, vec_in_dim]`` the pooled CLIP-L vector.
         ``controlnet_residuals`` (list of ``[B, N, hidden]``) are added to the image tokens after double block i,
-        cycling over the list (``repeat_residuals``). Computes in the weights' dtype and returns in
-        ``img``'s dtype.
+        cycling over the list (``repeat_residuals``). ``controlnet_single_residuals`` holds one ``[B, N, hidden]``
+        per single block, added to the image tokens of the joint sequence after single block i (an InstantX
+        ControlNet's outputs spread over the blocks with ``instantx.spread_residuals``). Computes in the weights'
+        dtype and returns in ``img``'s dtype.
         """
         batch = check_tokens(self.params, img, img_ids, txt, txt_ids, y)
         dtype = self.img_in.weight.dtype
+        expected = (batch, img.shape[1], self.params.hidden_size)
         per_block = None
         if controlnet_residuals is not None:
             per_block = repeat_residuals(controlnet_residuals, self.params.depth)
-            for i, r in enumerate(per_block[:len(controlnet_residuals)]):
-                if not torch.is_tensor(r) or tuple(r.shape) != (batch, img.shape[1], self.params.hidden_size):
-                    raise ValueError(f"controlnet_residuals[{i}] must have shape "
-                                     f"{(batch, img.shape[1], self.params.hidden_size)}, got "
-                                     f"{tuple(r.shape) if torch.is_tensor(r) else type(r).__name__}")
+            check_residuals("controlnet_residuals", per_block[:len(controlnet_residuals)], expected)
+        if controlnet_single_residuals is not None:
+            if not isinstance(controlnet_single_residuals, (list, tuple)) \
+                    or len(controlnet_single_residuals) != self.params.depth_single_blocks:
+                raise ValueError(f"controlnet_single_residuals must be a list of one tensor per single block "
+                                 f"({self.params.depth_single_blocks}), got {controlnet_single_residuals!r:.80}")
+            check_residuals("controlnet_single_residuals", controlnet_single_residuals, expected)
 
         vec = conditioning_vector(self, timesteps, guidance, y, batch, img.device, dtype)
         x = self.img_in(img.to(dtype))
@@ -241,12 +246,17 @@ class Flux(nn.Module):
             if per_block is not None:
                 x = x + per_block[i].to(dtype)
         joint = torch.cat((ctx, x), dim=1)
-        for block in self.single_blocks:
+        n_txt = ctx.shape[1]
+        for i, block in enumerate(self.single_blocks):
             joint = run_block(self, block, joint, vec, pe)
-        out = self.final_layer(joint[:, ctx.shape[1]:], vec)
+            if controlnet_single_residuals is not None:
+                joint = torch.cat((joint[:, :n_txt], joint[:, n_txt:] + controlnet_single_residuals[i].to(dtype)),
+                                  dim=1)
+        out = self.final_layer(joint[:, n_txt:], vec)
         return out.to(img.dtype)
 
-    def velocity(self, x: Tensor, t, txt: Tensor, y=None, guidance=None, controlnet_residuals=None) -> Tensor:
+    def velocity(self, x: Tensor, t, txt: Tensor, y=None, guidance=None, controlnet_residuals=None,
+                 controlnet_single_residuals=None) -> Tensor:
         """``v(x_t, t)`` for latents ``x [B, C, h, w]`` (model space, h and w even): pack, run, unpack."""
         require_tensor("x", x)
         if x.ndim != 4 or x.shape[1] != self.params.in_channels:
@@ -254,8 +264,17 @@ class Flux(nn.Module):
         require_tensor("txt", txt)
         b, _, h, w = x.shape
         tokens = self(pack_latents(x), image_ids(b, h, w, device=x.device), txt,
-                      text_ids(b, txt.shape[1], device=x.device), t, y, guidance, controlnet_residuals)
+                      text_ids(b, txt.shape[1], device=x.device), t, y, guidance, controlnet_residuals,
+                      controlnet_single_residuals)
         return unpack_latents(tokens, h, w)
+
+
+def check_residuals(name: str, residuals, expected: tuple):
+    """Every entry of a residual list is a tensor of shape ``expected`` ``(B, N, hidden)``."""
+    for i, r in enumerate(residuals):
+        if not torch.is_tensor(r) or tuple(r.shape) != expected:
+            raise ValueError(f"{name}[{i}] must have shape {expected}, got "
+                             f"{tuple(r.shape) if torch.is_tensor(r) else type(r).__name__}")
 
 
 def repeat_residuals(residuals, n_blocks: int) -> list:

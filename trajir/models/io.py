@@ -19,10 +19,14 @@ from torch import nn
 from .autoencoder import AutoEncoder, AutoEncoderParams
 from .compact_unet import CompactUNet, CompactUNetConfig
 from .controlnet import XLabsControlNet
-from .flux import KEY_FLUX, Flux, FluxParams, count_blocks, params_from_state_dict
+from .diffusers_keys import bfl_to_diffusers, diffusers_to_bfl
+from .flux import KEY_FLUX, PATCH, Flux, FluxParams, count_blocks, default_axes_dim, params_from_state_dict
+from .instantx import InstantXControlNet, InstantXParams
 from .lq_encoder import LQEncoder
 
-KINDS = ("flux", "xlabs_controlnet", "autoencoder", "lq_encoder", "compact_unet")
+KINDS = ("flux", "xlabs_controlnet", "instantx_controlnet", "autoencoder", "lq_encoder", "compact_unet")
+# the keys ComfyUI's ControlNetLoader routes to its InstantX / diffusers FLUX path (comfy/controlnet.py)
+KEY_INSTANTX, KEY_DIFFUSERS_FLUX = "controlnet_x_embedder.weight", "x_embedder.weight"
 UNET_PREFIX = "model.diffusion_model."
 # other components of a full ComfyUI / LDM checkpoint, skipped when the diffusion model is taken out of it
 CHECKPOINT_PREFIXES = ("vae.", "text_encoders.", "first_stage_model.", "cond_stage_model.", "conditioner.")
@@ -98,6 +102,8 @@ def detect_kind(sd: dict, metadata: dict, path) -> str:
     keys = set(sd)
     if "controlnet_blocks.0.weight" in keys and KEY_FLUX in keys and "input_hint_block.0.weight" in keys:
         kind = "xlabs_controlnet"
+    elif KEY_INSTANTX in keys and KEY_DIFFUSERS_FLUX in keys:
+        kind = "instantx_controlnet"
     elif KEY_FLUX in keys and "img_in.weight" in keys and "controlnet_blocks.0.weight" not in keys:
         kind = "flux"
     elif "encoder.conv_in.weight" in keys and "decoder.conv_in.weight" in keys:
@@ -108,8 +114,8 @@ def detect_kind(sd: dict, metadata: dict, path) -> str:
         kind = "compact_unet"
     else:
         raise WeightFileError(f"{path}: unknown model layout (first keys {_few(sorted(keys))}); trajir loads BFL "
-                              "FLUX DiTs, XLabs FLUX ControlNets, the FLUX autoencoder, LQ encoders and its own "
-                              "compact U-Nets")
+                              "FLUX DiTs, XLabs and InstantX / diffusers FLUX ControlNets, the FLUX autoencoder, LQ "
+                              "encoders and its own compact U-Nets")
     declared = metadata.get(META_KIND)
     if declared is not None and declared != kind:
         raise WeightFileError(f"{path}: metadata says {META_KIND}={declared!r} but the keys hold a {kind}")
@@ -140,6 +146,56 @@ def _autoencoder_params(sd: dict, path) -> AutoEncoderParams:
             from None
 
 
+def instantx_params_from_state_dict(sd: dict, path) -> InstantXParams:
+    """``InstantXParams`` from the diffusers keys and shapes of a ``FluxControlNetModel`` file.
+
+    Block and mode counts come from the keys, widths from shapes (``x_embedder`` gives the width and the latent
+    channels, the QK-norm size the head dimension); the RoPE split is FLUX's 2:7:7. Files whose hint embedding is
+    not the latent's patch width (inpainting variants with a mask channel) or that carry a pixel-space
+    ``input_hint_block`` are refused: trajir feeds these ControlNets the VAE latent only.
+    """
+    def shape(key):
+        if key not in sd:
+            raise WeightFileError(f"{path}: missing key {key!r}, needed to infer the InstantX ControlNet configuration")
+        return tuple(sd[key].shape)
+
+    hidden, packed = shape(KEY_DIFFUSERS_FLUX)
+    depth = count_blocks(sd, "transformer_blocks.")
+    single = count_blocks(sd, "single_transformer_blocks.")
+    if depth == 0:
+        raise WeightFileError(f"{path}: an InstantX ControlNet needs at least one transformer_blocks.N (double block)")
+    if any(k.startswith("input_hint_block.") for k in sd):
+        raise WeightFileError(f"{path}: this diffusers FLUX ControlNet has a pixel-space input_hint_block "
+                              "(conditioning_embedding_channels); trajir supports the latent-hint layout of the "
+                              "InstantX, jasperai and Shakker-Labs files only")
+    hint_width = shape(KEY_INSTANTX)[1]
+    if hint_width != packed:
+        raise WeightFileError(f"{path}: {KEY_INSTANTX} takes {hint_width} channels, but the latent patches have "
+                              f"{packed} (x_embedder); extra hint channels (e.g. an inpainting mask) are not supported")
+    head_dim = shape("transformer_blocks.0.attn.norm_q.weight")[0]
+    if head_dim < 1 or hidden % head_dim:
+        raise WeightFileError(f"{path}: x_embedder width {hidden} is not a multiple of the QK-norm size {head_dim}")
+    try:
+        return InstantXParams(
+            in_channels=packed // (PATCH * PATCH), out_channels=packed // (PATCH * PATCH),
+            vec_in_dim=shape("time_text_embed.text_embedder.linear_1.weight")[1],
+            context_in_dim=shape("context_embedder.weight")[1], hidden_size=hidden,
+            mlp_ratio=shape("transformer_blocks.0.ff.net.0.proj.weight")[0] / hidden, num_heads=hidden // head_dim,
+            depth=depth, depth_single_blocks=single, axes_dim=default_axes_dim(head_dim),
+            qkv_bias="transformer_blocks.0.attn.to_q.bias" in sd,
+            guidance_embed="time_text_embed.guidance_embedder.linear_1.weight" in sd,
+            num_modes=shape("controlnet_mode_embedder.weight")[0] if "controlnet_mode_embedder.weight" in sd else 0)
+    except ValueError as e:
+        raise WeightFileError(f"{path}: cannot build an InstantX ControlNet from this file: {e}") from None
+
+
+def file_layout(model: nn.Module, sd: dict) -> dict:
+    """``sd`` (the model's own key names) as the file stores it: diffusers names for an InstantX ControlNet."""
+    if model.kind == "instantx_controlnet":
+        return bfl_to_diffusers(sd, model.params.hidden_size)
+    return sd
+
+
 def build_for(kind: str, sd: dict, metadata: dict, path) -> nn.Module:
     """The module (on the meta device, no storage) for a file's kind and configuration."""
     try:
@@ -147,6 +203,10 @@ def build_for(kind: str, sd: dict, metadata: dict, path) -> nn.Module:
             if kind in ("flux", "xlabs_controlnet"):
                 params = _config_from_metadata(metadata, FluxParams, path) or params_from_state_dict(sd)
                 return Flux(params) if kind == "flux" else XLabsControlNet(params)
+            if kind == "instantx_controlnet":
+                params = (_config_from_metadata(metadata, InstantXParams, path)
+                          or instantx_params_from_state_dict(sd, path))
+                return InstantXControlNet(params)
             if kind in ("autoencoder", "lq_encoder"):
                 params = _config_from_metadata(metadata, AutoEncoderParams, path) or _autoencoder_params(sd, path)
                 return AutoEncoder(params) if kind == "autoencoder" else LQEncoder(params)
@@ -162,8 +222,9 @@ def build_for(kind: str, sd: dict, metadata: dict, path) -> nn.Module:
 
 
 def check_state_dict(model: nn.Module, sd: dict, path):
-    """Every key present, none extra, every shape equal; the error lists what differs."""
-    expected = model.state_dict()
+    """Every key present, none extra, every shape equal, in the file's own key names; the error lists what
+    differs."""
+    expected = file_layout(model, model.state_dict())
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
@@ -196,13 +257,16 @@ def load(path, device="cpu", dtype=None) -> nn.Module:
     model = build_for(kind, sd, metadata, path)
     check_state_dict(model, sd, path)
     sd = dequantize(sd, scales, dtype)
+    if kind == "instantx_controlnet":
+        sd = diffusers_to_bfl(sd)
     model.load_state_dict({k: v.to(device) for k, v in sd.items()}, strict=True, assign=True)
     return model.eval()
 
 
 def save(model: nn.Module, path, metadata=None) -> pathlib.Path:
-    """Write ``model`` as safetensors in its consumer's layout (BFL / XLabs / ``ae.safetensors`` keys, no prefix),
-    tensors in their current dtype, with ``trajir_kind`` and ``trajir_config`` metadata; atomic replace."""
+    """Write ``model`` as safetensors in its consumer's layout (BFL / XLabs / diffusers ``FluxControlNetModel`` /
+    ``ae.safetensors`` keys, no prefix), tensors in their current dtype, with ``trajir_kind`` and
+    ``trajir_config`` metadata; atomic replace."""
     kind = getattr(model, "kind", None)
     if kind not in KINDS:
         raise ValueError(f"model must be one of trajir's models ({', '.join(KINDS)}), got {type(model).__name__}")
@@ -213,7 +277,7 @@ def save(model: nn.Module, path, metadata=None) -> pathlib.Path:
     if reserved:
         raise ValueError(f"metadata keys {reserved} are written by trajir itself")
     extra.update({META_KIND: kind, META_CONFIG: json.dumps(model.config.to_dict(), sort_keys=True)})
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in file_layout(model, model.state_dict()).items()}
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"folder {str(path.parent)!r} for {path.name!r} does not exist")
