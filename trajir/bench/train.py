@@ -10,21 +10,32 @@ bf16 compute), plus fp32 on the CPU; ratios are against bf16.
   with 2 double blocks in fp32 under bf16 autocast; time per step, peak GPU memory, base weight memory.
 * CPU: the tiny FLUX and autoencoder at 128 x 128. This times the code path only; the full-size measurement
   needs CUDA, and the script says so.
+
+Then the shipped ``fluxir_upscaler_rl`` configuration: an InstantX ControlNet in jasperai's upscaler layout (5
+double blocks, no single blocks; 2 on the tiny base) on the bf16 base, with the config's grid, RL and distillation
+settings (stage rl+distill: 20 jumps from grid index 1, 4 Best-of-N branches, its reward or the fallback). Rows: one
+pretrain step of that ControlNet and one rl+distill step (rollouts, decoding and scoring of every candidate, the
+Eq. (15) regression), time and peak GPU memory, and their ratio.
 """
 import argparse
 import gc
 
 import torch
 
+import pathlib
+
 from ..grids import RFGrid
-from ..models import AutoEncoder, AutoEncoderParams, Flux, FluxParams, XLabsControlNet
+from ..models import AutoEncoder, AutoEncoderParams, Flux, FluxParams, InstantXControlNet, XLabsControlNet
 from ..train import randomness
 from ..train.config import load_config
 from ..train.distributed import DistEnv
 from ..train.flux_restorer import FluxIROptions, FluxIRRestorer
 from ..train.fp8 import storage_bytes
 from ..train.pretrain import Pretrain
+from ..train.rl import RLDistill
 from .timing import timed
+
+UPSCALER_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "train" / "configs" / "fluxir_upscaler_rl.toml"
 
 
 def random_flux(params, device):
@@ -42,19 +53,29 @@ def random_flux(params, device):
     return base
 
 
-def make_restorer(base_dtype, full, device):
+def make_restorer(base_dtype, full, device, controlnet="xlabs", cfg=None):
+    """The restorer of one row: XLabs depth 2, or (``controlnet="instantx"``) the upscaler's layout with the
+    ControlNet scale, guidance and grid of ``cfg``."""
     params = FluxParams.dev() if full else FluxParams.tiny()
     base = random_flux(params, device)
-    controlnet = XLabsControlNet.from_flux(base, depth=2)
+    if controlnet == "xlabs":
+        net, options = XLabsControlNet.from_flux(base, depth=2), FluxIROptions(base_dtype=base_dtype)
+        grid = RFGrid.uniform(21, 0.4675)
+    else:
+        net = InstantXControlNet.from_flux(base, depth=5 if full else 2, depth_single_blocks=0)
+        options = FluxIROptions(base_dtype=base_dtype, controlnet_scale=cfg["flux.controlnet_scale"],
+                                guidance=cfg["flux.guidance"])
+        grid = RFGrid.uniform(cfg["sampling.steps"], cfg["sampling.shift"])
     ae = AutoEncoder(AutoEncoderParams.flux() if full else AutoEncoderParams.tiny(), seed=0)
-    options = FluxIROptions(base_dtype=base_dtype, gradient_checkpointing=True)
-    return FluxIRRestorer(base, ae, controlnet, RFGrid.uniform(21, 0.4675), device, options)
+    return FluxIRRestorer(base, ae, net, grid, device, options)
 
 
-def measure(base_dtype, full, size, device, repeats):
+def measure(base_dtype, full, size, device, repeats, controlnet="xlabs", stage_name="pretrain"):
     """``(seconds per step, peak GPU GiB or None, base weight GiB)`` of one configuration."""
-    restorer = make_restorer(base_dtype, full, device)
-    stage = Pretrain(load_config(None), restorer, DistEnv(device=device))
+    cfg = load_config(UPSCALER_CONFIG) if controlnet == "instantx" else load_config(None)
+    restorer = make_restorer(base_dtype, full, device, controlnet, cfg)
+    env = DistEnv(device=device)
+    stage = RLDistill(cfg, restorer, env) if stage_name == "rl+distill" else Pretrain(cfg, restorer, env)
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(1, 3, size, size, generator=g)
     batch, keys = {"gt": gt, "lq": (0.5 * gt).clamp(0, 1)}, randomness.sample_keys(0, 1, 0, 0, 1, 1)
@@ -116,4 +137,31 @@ def main(argv=None):
         if dtype != "bf16" and row and ref:
             peak = f", peak memory x{row[1] / ref[1]:.2f}" if row[1] is not None else ""
             print(f"  ratio {dtype}/bf16: time x{row[0] / ref[0]:.2f}, base weights x{row[2] / ref[2]:.2f}{peak}")
+    upscaler(full, size, device, args.repeats)
     return 0
+
+
+def upscaler(full, size, device, repeats):
+    """The rows of the shipped fluxir_upscaler_rl configuration (see the module docstring)."""
+    cfg = load_config(UPSCALER_CONFIG)
+    layout = "5 double blocks" if full else "2 double blocks on the tiny base"
+    print(f"fluxir_upscaler_rl: InstantX ControlNet, jasperai upscaler layout ({layout}), base bf16, {size}x{size}, "
+          f"batch 1, {cfg['sampling.steps']}-step grid from index {cfg['distill.start_index']}, "
+          f"{cfg['rl.branches']} branches" + ("" if full else ", CPU (code path only; full size needs CUDA)") + ":")
+    rows = {}
+    for stage in ("pretrain", "rl+distill"):
+        try:
+            rows[stage] = measure("bf16", full, size, device, repeats, controlnet="instantx", stage_name=stage)
+        except torch.OutOfMemoryError:
+            rows[stage] = None
+        free_memory(device)
+    for stage, row in rows.items():
+        if row is None:
+            print(f"  {stage:<10}: out of memory")
+            continue
+        peak = f", peak GPU memory {row[1]:6.1f} GiB" if row[1] is not None else ""
+        print(f"  {stage:<10}: {row[0] * 1000:9.1f} ms/step{peak}")
+    if all(rows.values()):
+        a, b = rows["pretrain"], rows["rl+distill"]
+        peak = f", peak memory x{b[1] / a[1]:.2f}" if b[1] is not None else ""
+        print(f"  ratio rl+distill/pretrain: time x{b[0] / a[0]:.2f}{peak}")

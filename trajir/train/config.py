@@ -22,7 +22,7 @@ DEFAULTS = {
         "keep_last": 3,             # checkpoints kept on disk (the newest)
         "val_every": 500,           # 0 disables validation during training
         "export": "",               # file name of the final export inside out_dir ("" = a name per model kind)
-        "init": "",                 # weights to start from (a previous stage's export or checkpoint folder)
+        "init": "",                 # weights to start from (a previous stage's export, or a public ControlNet file)
         "threads": 0,               # torch CPU threads (0 = torch's default)
     },
     "model": {
@@ -65,6 +65,7 @@ DEFAULTS = {
     "rl": {
         "branches": 4,              # N M-SDE branches per sample (the ODE continuation is candidate 0)
         "reward": "psnr",           # a metric, a preset (psnr, fluxir-unified) or a mix "lpips=1, niqe=0.5"
+        "reward_fallback": "",      # used instead when rl.reward's weight files are missing ("" = that is an error)
         "eta_max": 1.0,             # the modulation network's output range
         "eta_fixed": 0.0,           # > 0: plain-SDE alignment with this fixed eta (Table IX); 0: ModulationMLP
         "explore_std": 0.15,        # exploration noise on eta around the network's value
@@ -89,7 +90,11 @@ DEFAULTS = {
         "ae": "",                   # ae.safetensors
         "base_dtype": "bf16",       # bf16 | fp8 | fp32: storage of the frozen base
         "gradient_checkpointing": True,
-        "controlnet_depth": 2,
+        "controlnet": "xlabs",      # xlabs | instantx (diffusers FluxControlNetModel): the ControlNet's format
+        "controlnet_depth": 2,      # double blocks of a new ControlNet (an instantx run.init brings its own)
+        "controlnet_single_depth": 0,  # instantx: single blocks of a new ControlNet
+        "controlnet_modes": 0,      # instantx: Union mode-embedder rows of a new ControlNet (0 = no modes)
+        "controlnet_mode": -1,      # Union ControlNets: the mode to train and sample with (-1 = none)
         "controlnet_scale": 0.9,
         "guidance": 4.0,
         "size": "dev",              # dev (real) | tiny (tests)
@@ -119,6 +124,7 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine"),
     "flux.base_dtype": ("bf16", "fp8", "fp32"),
     "flux.size": ("dev", "tiny"),
+    "flux.controlnet": ("xlabs", "instantx"),
     "rl.target": ("branch", "noise"),
 }
 

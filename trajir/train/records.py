@@ -70,9 +70,7 @@ class RecordsRL(Stage):
         x_t, x_next = batch["x_t"].to(device), batch["x_next"].to(device)
         t, t_next = batch["t"].to(device), batch["t_next"].to(device)
         h, w = x_t.shape[-2:]
-        hint = batch["hint"].to(device)
-        if hint.shape[-2:] != (8 * h, 8 * w):  # ComfyUI keeps the hint at the image's size; the ControlNet needs 8x
-            hint = F.interpolate(hint, size=(8 * h, 8 * w), mode="bilinear", align_corners=False)
+        hint = self.restorer.control_hint(batch["hint"], h, w)  # the LQ image, or its latent for InstantX
         cond = {"hint": hint, "txt": batch["context"].to(device), "y": batch["pooled"].to(device),
                 "guidance": batch["guidance"].to(device)}
         v = self.restorer.predict(self.model, x_t, t, cond)

@@ -19,7 +19,7 @@ from ..restoration import Recipe
 from . import randomness
 from .pretrain import training_state
 from .restorers import repeat_batch
-from .rewarding import make_reward
+from .rewarding import reward_from_config
 from .stage_base import Stage
 
 
@@ -44,7 +44,9 @@ class RLAlign(Stage):
         super().__init__(cfg, restorer, env)
         grid = restorer.grid
         self.sampler = copy.deepcopy(restorer.trainable()).eval().requires_grad_(False)  # theta_pre
-        self.reward = make_reward(cfg["rl.reward"])
+        self.reward, self.reward_spec, note = reward_from_config(cfg)
+        if note and env.is_main:
+            print(f"trajir.train: {note}", flush=True)
         self.branches = cfg["rl.branches"]
         self.eta_fixed, self.eta_max, self.explore_std = cfg["rl.eta_fixed"], cfg["rl.eta_max"], cfg["rl.explore_std"]
         if self.eta_fixed > self.eta_max:
@@ -68,7 +70,8 @@ class RLAlign(Stage):
 
     def recipe(self):
         return Recipe(grid=self.restorer.grid.describe(), path=self.path, lq_weight=self.lq_weight, ngs_w=self.ngs_w,
-                      task=self.cfg["data.task"], note=f"{self.name} aligned, {len(self.path) - 1} steps")
+                      task=self.cfg["data.task"],
+                      note=f"{self.name} aligned, {len(self.path) - 1} steps, reward {self.reward_spec}")
 
     def parameters(self):
         groups = [{"params": super().parameters()}]
