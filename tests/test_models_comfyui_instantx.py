@@ -142,7 +142,7 @@ def _parity(folder):
     cases = {"plain": (trained(2, 3, 0, 1), None), "union": (trained(3, 2, 5, 2), 3)}
     for name, (net, _) in cases.items():
         M.save(net, folder / f"{name}.safetensors")
-    cases["trainer"] = (None, 2)
+    cases["trainer"] = (None, 2)                              # the parity fixture's flux.controlnet_mode
     g = torch.Generator().manual_seed(0)
     b, h, w = 2, 8, 12
     x, ctx = torch.randn(b, 16, h, w, generator=g), torch.randn(b, 5, tiny.context_in_dim, generator=g)
