@@ -1,4 +1,5 @@
-"""Cost-aware trajectory distillation, Eq. (16) and the adaptive step selection, MATH.md §7.1.
+"""Cost-aware trajectory distillation: the jump cost Eq. (16)/(16a), the adaptive step selection and the
+reference Eq. (18) (docs/equations.md §6).
 
 A student jump a -> b over the teacher grid is cheap when one solver step from the teacher state ``x_a`` with
 the model's own prediction lands on the teacher state ``x_b``. The implied prediction is the one that would;
@@ -21,7 +22,8 @@ def _check_pair(x_a, x_b):
 
 
 def implied_velocity(x_a, x_b, t_a, t_b):
-    """The velocity whose Euler step from ``x_a`` at ``t_a`` lands on ``x_b`` at ``t_b``: ``(x_a - x_b)/(t_a - t_b)``."""
+    """Eq. (16a), rectified flow: the velocity whose Euler step from ``x_a`` at ``t_a`` lands on ``x_b`` at
+    ``t_b``: ``(x_a - x_b)/(t_a - t_b)``."""
     _check_pair(x_a, x_b)
     require_scalar_or_tensor("t_a", t_a, x_a, 0.0, 1.0)
     require_scalar_or_tensor("t_b", t_b, x_a, 0.0, 1.0)
@@ -33,7 +35,7 @@ def implied_velocity(x_a, x_b, t_a, t_b):
 
 
 def implied_eps(x_a, x_b, alpha_a, sigma_a, alpha_b, sigma_b):
-    """The noise whose DDIM step from ``x_a`` lands on ``x_b``, Eq. (16a):
+    """Eq. (16a), noise prediction: the noise whose DDIM step from ``x_a`` lands on ``x_b``:
     ``((a_b/a_a) x_a - x_b) / ((a_b/a_a) s_a - s_b)``."""
     _check_pair(x_a, x_b)
     for name, value in (("alpha_a", alpha_a), ("alpha_b", alpha_b), ("sigma_a", sigma_a), ("sigma_b", sigma_b)):
@@ -89,7 +91,7 @@ def _cost_matrix(states, preds, implied):
 
 def select_steps(cost, num_steps):
     """The ``num_steps``-jump path 0 = a_0 < a_1 < ... < a_M = K over the teacher grid with the least summed
-    cost (dynamic programming; MATH.md §7.1 "adaptive step selection").
+    cost (dynamic programming; the adaptive step selection of docs/equations.md §6).
 
     ``cost[a, b]`` is the cost of one student jump from grid index a to b > a (``[K+1, K+1]``; entries with
     b <= a are ignored; +inf forbids a jump). Returns the list of grid indices ``[0, ..., K]``. Among paths of
@@ -123,3 +125,12 @@ def select_steps(cost, num_steps):
     for m in range(num_steps, 0, -1):
         path.append(back[m][path[-1]])
     return path[::-1]
+
+
+def distillation_reference(teacher, gt, rho):
+    """Eq. (18): the student's regression target ``(1 - rho) x_teacher + rho x_gt`` (rho in [0, 1])."""
+    require_tensor("teacher", teacher)
+    require_tensor("gt", gt)
+    require_same_shape("gt", gt, "teacher", teacher)
+    require_scalar_or_tensor("rho", rho, teacher, 0.0, 1.0)
+    return (1 - rho) * teacher + rho * gt

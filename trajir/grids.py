@@ -1,15 +1,20 @@
 """Discrete sampling grids with index-based steps, one class per parameterisation.
 
-Trainers, the restore command and the compact-model node move states along a grid ``0 .. K`` (noise to data) with
-the same few operations: forward-diffuse, one ODE step or jump ``a -> b``, one M-SDE step, the clean estimate,
-the implied prediction of a jump, negative LQ guidance and the LQ-interpolated start. ``pred`` is the network's
-output: the velocity for ``RFGrid``, the noise for ``VPGrid``. Indices may be per-sample ``[B]`` tensors.
+Trainers, the restore command and the trajectory runner move states along a grid ``0 .. K`` (noise to data) with
+the same few operations: one ODE step or jump ``a -> b``, one M-SDE step, the clean estimate, negative LQ guidance
+and the LQ-interpolated start. ``pred`` is the network's output: the velocity for ``RFGrid``, the noise for
+``VPGrid``. Indices may be per-sample ``[B]`` tensors.
+
+The grids hold no formula of their own: each operation looks up the grid's values at the indices and calls the
+function of its equation (``sde``, ``guidance``, ``interpolation``; docs/equations.md §9 lists them).
 """
 import torch
 
 from .conversions import rf_x0_from_v, vp_x0_from_eps
+from .guidance import ngs_eps, ngs_velocity
+from .interpolation import lq_initial_state, lq_initial_state_rf
 from .schedules import flux_schedule, linear_beta_alphas_bar, vp_grid
-from .sde import rf_coefficients, vp_coefficients
+from .sde import rf_msde_step, vp_msde_step
 
 
 def _at(values, index, x):
@@ -18,6 +23,10 @@ def _at(values, index, x):
     if torch.is_tensor(index):
         return v[index.to(x.device)].reshape(-1, *([1] * (x.ndim - 1)))
     return v[index]
+
+
+def _per_sample_eta(eta, x):
+    return eta.reshape(-1, *([1] * (x.ndim - 1))).to(x) if torch.is_tensor(eta) else eta
 
 
 class RFGrid:
@@ -45,42 +54,30 @@ class RFGrid:
         """The network's time input ``[B]``: the flow time."""
         return self.t[index].float() if torch.is_tensor(index) else self.t[index].float().expand(batch)
 
-    def noisy(self, x0, noise, index):
-        t = _at(self.t, index, x0)
-        return (1 - t) * x0 + t * noise
-
-    def target(self, x0, noise):
-        return noise - x0
-
     def x0(self, x, pred, index):
         return rf_x0_from_v(x, pred, _at(self.t, index, x))
 
     def jump(self, x, pred, a, b):
-        """One Euler step from grid index ``a`` to ``b > a`` (the ODE step when ``b = a + 1``)."""
-        return x + (_at(self.t, b, x) - _at(self.t, a, x)) * pred
+        """One Euler step from grid index ``a`` to ``b > a`` (the ODE step when ``b = a + 1``): Eq. (13)-(14)
+        with eta = 0."""
+        return rf_msde_step(x, pred, _at(self.t, a, x), _at(self.t, b, x), 0.0, None)
 
     def msde(self, x, pred, a, b, eta, noise):
-        """One M-SDE step from grid index ``a`` to ``b > a``, Eq. (13)-(14), with the fallback rule of
-        ``rf_coefficients`` (vectorised over per-sample indices and etas)."""
-        eta = eta.reshape(-1, *([1] * (x.ndim - 1))).to(x) if torch.is_tensor(eta) else eta
-        drift, beta, scale = rf_coefficients(torch.as_tensor(_at(self.t, a, x)), torch.as_tensor(_at(self.t, b, x)),
-                                             eta)
-        return scale * (x + drift * pred - beta * noise)
-
-    def implied(self, x_a, x_b, a, b):
-        return (x_a - x_b) / (_at(self.t, a, x_a) - _at(self.t, b, x_a))
+        """One M-SDE step from grid index ``a`` to ``b > a``, Eq. (13)-(14) (per-sample indices and etas)."""
+        return rf_msde_step(x, pred, _at(self.t, a, x), _at(self.t, b, x), _per_sample_eta(eta, x), noise)
 
     def guide(self, pred, x, lq, index, w):
-        """Negative LQ guidance towards the clean end, Eq. (19)-(20): ``(1 + w) v - w (x - lq) / t``."""
+        """Negative LQ guidance towards the grid's clean end, Eq. (19)-(20)."""
         if not torch.is_tensor(w) and w == 0:
             return pred
-        return (1 + w) * pred - w * (x - lq) / (_at(self.t, index, x) - self.t[-1].item())
+        return ngs_velocity(pred, x, lq, _at(self.t, index, x), self.t[-1].item(), w)
 
     def lq_start(self, lq, noise, index, lq_weight=None):
         """Eq. (17) at grid ``index``: ``(1 - t) lq + t noise``, or ``lq_weight lq + t noise``."""
         t = _at(self.t, index, lq)
-        weight = 1 - t if lq_weight is None else lq_weight
-        return weight * lq + t * noise
+        if lq_weight is None:
+            return lq_initial_state_rf(lq, noise, t)
+        return lq_initial_state(lq, noise, lq_weight, t)
 
     def describe(self):
         return {"param": "rf", "times": self.t.tolist()}
@@ -88,7 +85,8 @@ class RFGrid:
 
 class VPGrid:
     """Variance preserving, ``x = alpha x0 + sigma noise``; ``pred`` is the noise. Grid index 0 is the noisiest
-    level of the discrete schedule and index K the clean end (alpha 1, sigma 0)."""
+    level of the discrete schedule and index K the clean end (alpha 1, sigma 0). With every alpha 1 it is the VE
+    grid of a k-diffusion schedule (``grid_from_sigmas``)."""
 
     param = "vp"
 
@@ -113,44 +111,33 @@ class VPGrid:
         """The network's time input ``[B]``: the continuous noise level ``sqrt(alpha_bar) = alpha`` (SR3)."""
         return self.alpha[index].float() if torch.is_tensor(index) else self.alpha[index].float().expand(batch)
 
-    def noisy(self, x0, noise, index):
-        return _at(self.alpha, index, x0) * x0 + _at(self.sigma, index, x0) * noise
-
-    def target(self, x0, noise):
-        return noise
-
     def x0(self, x, pred, index):
         return vp_x0_from_eps(x, pred, _at(self.alpha, index, x), _at(self.sigma, index, x))
 
+    def _levels(self, x, a, b):
+        return _at(self.alpha, a, x), _at(self.sigma, a, x), _at(self.alpha, b, x), _at(self.sigma, b, x)
+
     def jump(self, x, pred, a, b):
-        """One DDIM step from grid index ``a`` to ``b > a``."""
-        ratio = _at(self.alpha, b, x) / _at(self.alpha, a, x)
-        return ratio * x - (ratio * _at(self.sigma, a, x) - _at(self.sigma, b, x)) * pred
+        """One DDIM step from grid index ``a`` to ``b > a``: Eq. (10) with eta = 0."""
+        return vp_msde_step(x, pred, *self._levels(x, a, b), 0.0, None)
 
     def msde(self, x, pred, a, b, eta, noise):
         """One M-SDE step from grid index ``a`` to ``b > a``, Eq. (10) with the exact variance."""
-        eta = eta.reshape(-1, *([1] * (x.ndim - 1))).to(x) if torch.is_tensor(eta) else eta
-        ratio, eps_scale, std = vp_coefficients(_at(self.alpha, a, x), _at(self.sigma, a, x), _at(self.alpha, b, x),
-                                                _at(self.sigma, b, x), eta)
-        return ratio * x - eps_scale * pred + std * noise
-
-    def implied(self, x_a, x_b, a, b):
-        ratio = _at(self.alpha, b, x_a) / _at(self.alpha, a, x_a)
-        return (ratio * x_a - x_b) / (ratio * _at(self.sigma, a, x_a) - _at(self.sigma, b, x_a))
+        return vp_msde_step(x, pred, *self._levels(x, a, b), _per_sample_eta(eta, x), noise)
 
     def guide(self, pred, x, lq, index, w):
         """Negative LQ guidance, Eq. (19)-(20), with the grid's clean end as (alpha_e, sigma_e)."""
         if not torch.is_tensor(w) and w == 0:
             return pred
-        ratio = self.alpha[-1].item() / _at(self.alpha, index, x)
-        eps_lq = (ratio * x - lq) / (ratio * _at(self.sigma, index, x) - self.sigma[-1].item())
-        return (1 + w) * pred - w * eps_lq
+        return ngs_eps(pred, x, lq, _at(self.alpha, index, x), _at(self.sigma, index, x), self.alpha[-1].item(),
+                       self.sigma[-1].item(), w)
 
     def lq_start(self, lq, noise, index, lq_weight=None):
-        """Eq. (17): ``sqrt(ab) lq + sqrt(1 - ab) noise`` with ``sqrt(ab) = lq_weight`` when given."""
-        alpha = _at(self.alpha, index, lq) if lq_weight is None else lq_weight
-        sigma = _at(self.sigma, index, lq) if lq_weight is None else (1 - lq_weight ** 2) ** 0.5
-        return alpha * lq + sigma * noise
+        """Eq. (17): ``alpha lq + sigma noise`` at grid ``index``, or with ``alpha = lq_weight`` and
+        ``sigma = sqrt(1 - lq_weight^2)`` when given."""
+        if lq_weight is None:
+            return lq_initial_state(lq, noise, _at(self.alpha, index, lq), _at(self.sigma, index, lq))
+        return lq_initial_state(lq, noise, lq_weight, (1 - lq_weight ** 2) ** 0.5)
 
     def describe(self):
         return {"param": "vp", "alphas": self.alpha.tolist(), "sigmas": self.sigma.tolist()}
@@ -163,3 +150,14 @@ def grid_from_description(desc):
     if desc.get("param") == "vp":
         return VPGrid(desc["alphas"], desc["sigmas"])
     raise ValueError(f"unknown grid description {desc!r}")
+
+
+def grid_from_sigmas(sigmas, param):
+    """The grid of a k-diffusion / ComfyUI schedule: ``param="rf"`` reads the sigmas as flow times, ``"ve"`` as
+    the noise levels of ``x = x0 + sigma eps`` (a VP grid with every alpha 1, so its steps are Eq. (11))."""
+    values = torch.as_tensor(sigmas).detach().double().cpu()
+    if param == "rf":
+        return RFGrid(values)
+    if param == "ve":
+        return VPGrid(torch.ones_like(values), values)
+    raise ValueError(f"param must be 'rf' or 've', got {param!r}")

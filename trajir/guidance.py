@@ -1,4 +1,4 @@
-"""Negative LQ guidance (NGS), Eq. (19)–(20), MATH.md §8.
+"""Negative LQ guidance (NGS), Eq. (19)-(20) (docs/equations.md §8).
 
 The LQ image's implied prediction (the one that would jump from the current state straight onto the LQ image)
 is extrapolated away from, CFG-style. In every parameterisation the guided clean estimate is
@@ -28,7 +28,7 @@ def _is_zero(w):
 
 
 def ngs_x0(x0, lq, w):
-    """Guided clean estimate ``(1 + w) x0 - w lq`` (parameterisation-free form of Eq. (20)).
+    """Eq. (20) in x0 space: the guided clean estimate ``(1 + w) x0 - w lq`` (the parameterisation-free form).
 
     ``w = 0`` returns ``x0`` unchanged.
     """
@@ -41,7 +41,7 @@ def ngs_x0(x0, lq, w):
 
 
 def ngs_velocity(v, x, lq, t, t_end, w):
-    """Rectified-flow NGS: ``v_lq = (x - lq) / (t - t_end)`` (Eq. (19)), ``(1 + w) v - w v_lq`` (Eq. (20)).
+    """Eq. (19)-(20), rectified flow: ``v_lq = (x - lq) / (t - t_end)`` (19), ``(1 + w) v - w v_lq`` (20).
 
     ``t_end < t`` is the clean end of the grid (usually 0). ``w = 0`` returns ``v`` unchanged.
     """
@@ -59,8 +59,8 @@ def ngs_velocity(v, x, lq, t, t_end, w):
 
 
 def ngs_eps(eps, x, lq, alpha_s, sigma_s, alpha_e, sigma_e, w):
-    """Noise-prediction NGS: ``eps_lq = ((a_e/a_s) x - lq) / ((a_e/a_s) s_s - s_e)`` (Eq. (19)) and
-    ``(1 + w) eps - w eps_lq`` (Eq. (20)); (alpha_e, sigma_e) is the clean end of the grid.
+    """Eq. (19)-(20), noise prediction: ``eps_lq = ((a_e/a_s) x - lq) / ((a_e/a_s) s_s - s_e)`` (19) and
+    ``(1 + w) eps - w eps_lq`` (20); (alpha_e, sigma_e) is the clean end of the grid.
 
     ``w = 0`` returns ``eps`` unchanged.
     """

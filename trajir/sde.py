@@ -1,6 +1,8 @@
-"""Modulated-SDE (M-SDE) integration steps, MATH.md §3–5.
+"""Modulated-SDE (M-SDE) integration steps, Eq. (10)-(11) and (13)-(14) (docs/equations.md §3-4).
 
-One function per equation. Both take the model prediction at the current state and return the next state:
+One function per equation. Both take the model prediction at the current state and return the next state; the
+coefficient functions hold the equations' arithmetic (the grids call the steps, the sampler precomputes the
+coefficients once per schedule):
 
 - ``rf_msde_step``: rectified flow (FLUX, SD3), Eq. (13)–(14); ``x_t = (1 - t) x0 + t eps``, ``v = eps - x0``.
 - ``vp_msde_step``: noise prediction, Eq. (10) with the exact, marginal-preserving variance; with
@@ -31,7 +33,7 @@ def _check_state(x, pred, pred_name, noise):
 
 
 def rf_coefficients(t, t_next, eta):
-    """Coefficients of the rectified-flow M-SDE step Eq. (13)–(14), with the eta fallback applied.
+    """Eq. (13)-(14): coefficients of the rectified-flow M-SDE step, with the eta fallback applied.
 
     Returns ``(drift, beta, scale)`` such that ``x_next = scale * (x + drift * v - beta * noise)``:
     ``drift = (1 + eta^2)(t_next - t)`` moves to the overshoot time ``s = t_next - eta^2 (t - t_next)``,
@@ -69,7 +71,7 @@ def rf_coefficients(t, t_next, eta):
 
 
 def rf_msde_step(x, v, t, t_next, eta, noise):
-    """One rectified-flow M-SDE step from time ``t`` to ``t_next < t``, Eq. (13)–(14) (MATH.md §5.2).
+    """Eq. (13)-(14): one rectified-flow M-SDE step from time ``t`` to ``t_next < t`` (docs/equations.md §4).
 
     ``s = t - (1 + eta^2)(t - t_next)``; ``x_next = (1 - t_next)/(1 - s) * (x + (s - t) v - beta * noise)``
     with ``beta^2 = (t_next - s)(t_next + s - 2 s t_next) / (1 - t_next)^2``. Exact for point-mass data at any
@@ -102,7 +104,7 @@ def rf_msde_step(x, v, t, t_next, eta, noise):
 
 
 def vp_coefficients(alpha_s, sigma_s, alpha_t, sigma_t, eta):
-    """Coefficients of Eq. (10): ``x_t = ratio * x - eps_scale * eps + noise_std * noise``.
+    """Eq. (10)-(11): coefficients of ``x_t = ratio * x - eps_scale * eps + noise_std * noise``.
 
     ``ratio = alpha_t / alpha_s``, ``c = ratio * sigma_s - sigma_t``, ``eps_scale = (1 + eta^2) c`` and
     ``noise_std = eta * sqrt(ratio^2 sigma_s^2 - sigma_t^2)`` (the exact integral of the M-SDE's diffusion).
@@ -117,7 +119,8 @@ def vp_coefficients(alpha_s, sigma_s, alpha_t, sigma_t, eta):
 
 
 def vp_msde_step(x, eps, alpha_s, sigma_s, alpha_t, sigma_t, eta, noise):
-    """One noise-prediction M-SDE step from (alpha_s, sigma_s) to (alpha_t, sigma_t), Eq. (10) (MATH.md §4.2).
+    """Eq. (10)-(11): one noise-prediction M-SDE step from (alpha_s, sigma_s) to (alpha_t, sigma_t)
+    (docs/equations.md §3).
 
     ``x_t = (a_t/a_s) x - (1 + eta^2) c eps + eta sqrt((a_t/a_s)^2 s_s^2 - s_t^2) noise``,
     ``c = (a_t/a_s) s_s - s_t``. Preserves the marginals for every eta >= 0. ``eta = 0`` is exactly DDIM /

@@ -12,7 +12,7 @@ import os
 import torch
 
 from ..data import collate
-from ..distill import cost_matrix_rf, cost_matrix_vp, select_steps
+from ..distill import cost_matrix_rf, cost_matrix_vp, distillation_reference, select_steps
 from ..models import load
 from ..restoration import Recipe, sample_path
 from . import randomness
@@ -103,7 +103,7 @@ class Distill(Stage):
         noise = randomness.normal(keys, 1, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
         with torch.no_grad():
             states, _ = teacher_trajectory(self.restorer, self.teacher, grid, s, noise)
-        reference = (1 - self.rho) * states[-1] + self.rho * s["x0"]
+        reference = distillation_reference(states[-1], s["x0"], self.rho)
         out = sample_path(lambda x, i: self.restorer.predict(self.model, x, grid.model_time(i, x.shape[0]).to(x.device),
                                                               s["cond"]),
                           grid, self.path, s["lq"], noise, self.lq_weight, self.ngs_w)
