@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from .checks import require_finite, require_image_batch
 from .grids import grid_from_description
+from .trajectory import run_from_lq
 
 RECIPE_KEY = "trajir_recipe"
 
@@ -73,15 +74,6 @@ def to_images(states):
     return ((states + 1) / 2).clamp(0, 1)
 
 
-def sample_path(predict, grid, path, lq_state, noise, lq_weight=None, ngs_w=0.0):
-    """Run the jumps of ``path`` from the Eq. (17) start: ``predict(x, index) -> pred`` (v or eps)."""
-    x = grid.lq_start(lq_state, noise, path[0], lq_weight)
-    for a, b in zip(path, path[1:]):
-        pred = grid.guide(predict(x, a), x, lq_state, a, ngs_w)
-        x = grid.jump(x, pred, a, b)
-    return x
-
-
 @torch.no_grad()
 def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
     """Restore ``lq`` ``[B, 3, H, W]`` (0..1) with ``model`` following ``recipe``; returns images in 0..1.
@@ -101,9 +93,12 @@ def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
 
     def run(lq_part, noise_part):
         lq_part, noise_part = lq_part.to(device), noise_part.to(device)
-        out = sample_path(lambda x, i: model(x, lq_part, grid.model_time(i, x.shape[0]).to(device)),
-                          grid, recipe.path, lq_part, noise_part, recipe.lq_weight, recipe.ngs_w)
-        return out.cpu()
+
+        def predict(x, index, _):
+            return model(x, lq_part, grid.model_time(index, x.shape[0]).to(device))
+
+        out = run_from_lq(grid, recipe.path, predict, lq_part, noise_part, recipe.lq_weight, recipe.ngs_w)
+        return out.final.cpu()
 
     h, w = lq.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile):

@@ -3,14 +3,16 @@ import json
 import os
 
 import torch
+
 from ..data import collate
+from ..distill import select_steps
 from ..grids import grid_from_description
 from ..restoration import Recipe, load_compact
-from ..distill import select_steps
+from ..trajectory import run_from_lq
 from . import build
 from .distill import cost_analysis
 from .plots import plot_cost, plot_trajectories
-from .restorers import CompactRestorer
+from .restorers import CompactRestorer, predictor
 from .validate import evaluate
 
 
@@ -82,15 +84,15 @@ def trajectories(cfg, model_paths, out_png, labels=None, sde_eta=0.5, sde_runs=3
 
 
 def _states(restorer, recipe, s, noise, eta=0.0, generator=None):
+    """The states of ``recipe``'s path for the first sample: ODE jumps, or M-SDE steps with ``eta`` (the last
+    jump, into the clean end, stays an ODE step)."""
     grid = restorer.grid
-    x = grid.lq_start(s["lq"], noise, recipe.path[0], recipe.lq_weight)
-    states = [x]
-    for a, b in zip(recipe.path, recipe.path[1:]):
-        pred = grid.guide(restorer.predict(restorer.net, x, grid.model_time(a, x.shape[0]), s["cond"]), x, s["lq"],
-                          a, recipe.ngs_w)
-        if eta > 0 and b < grid.steps:
-            x = grid.msde(x, pred, a, b, eta, torch.randn(x.shape, generator=generator))
-        else:
-            x = grid.jump(x, pred, a, b)
-        states.append(x)
-    return torch.stack(states)[:, 0]
+
+    def msde(position, x, pred, a, b):
+        if b < grid.steps:
+            return grid.msde(x, pred, a, b, eta, torch.randn(x.shape, generator=generator))
+        return grid.jump(x, pred, a, b)
+
+    walk = run_from_lq(grid, recipe.path, predictor(restorer, restorer.net), s["lq"], noise, recipe.lq_weight,
+                       recipe.ngs_w, s["cond"], step=msde if eta > 0 else None, keep=True)
+    return torch.stack(walk.states)[:, 0]

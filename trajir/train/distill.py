@@ -14,8 +14,10 @@ import torch
 from ..data import collate
 from ..distill import cost_matrix_rf, cost_matrix_vp, distillation_reference, select_steps
 from ..models import load
-from ..restoration import Recipe, sample_path
+from ..restoration import Recipe
+from ..trajectory import run_from_lq
 from . import randomness
+from .restorers import predictor
 from .stage_base import Stage
 
 COST_DRAW = 1_000_003  # the data draw of the cost-matrix batches, apart from every training draw
@@ -23,14 +25,9 @@ COST_DRAW = 1_000_003  # the data draw of the cost-matrix batches, apart from ev
 
 def teacher_trajectory(restorer, net, grid, s, noise):
     """The teacher's full K-step ODE from pure noise: ``(states [K+1, B, ...], predictions [K, B, ...])``."""
-    x = grid.lq_start(s["lq"], noise, 0, 0.0)
-    states, preds = [x], []
-    for i in range(grid.steps):
-        pred = restorer.predict(net, x, grid.model_time(i, x.shape[0]).to(x.device), s["cond"])
-        x = grid.jump(x, pred, i, i + 1)
-        states.append(x)
-        preds.append(pred)
-    return torch.stack(states), torch.stack(preds)
+    teacher = run_from_lq(grid, list(range(grid.steps + 1)), predictor(restorer, net, grid), s["lq"], noise,
+                          lq_weight=0.0, context=s["cond"], keep=True)
+    return torch.stack(teacher.states), torch.stack(teacher.preds)
 
 
 @torch.no_grad()
@@ -104,10 +101,9 @@ class Distill(Stage):
         with torch.no_grad():
             states, _ = teacher_trajectory(self.restorer, self.teacher, grid, s, noise)
         reference = distillation_reference(states[-1], s["x0"], self.rho)
-        out = sample_path(lambda x, i: self.restorer.predict(self.model, x, grid.model_time(i, x.shape[0]).to(x.device),
-                                                              s["cond"]),
-                          grid, self.path, s["lq"], noise, self.lq_weight, self.ngs_w)
-        loss = ((out.float() - reference.float()) ** 2).mean()     # Eq. (18)
+        student = run_from_lq(grid, self.path, predictor(self.restorer, self.model), s["lq"], noise, self.lq_weight,
+                              self.ngs_w, s["cond"])
+        loss = ((student.final.float() - reference.float()) ** 2).mean()     # Eq. (18)
         return loss, {"distill_loss": loss.detach()}
 
     def state_dict(self):

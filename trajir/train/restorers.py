@@ -6,7 +6,9 @@ the trained module, and to ``decode`` states into images for the reward.
 """
 import torch
 
+from ..grids import grid_from_description
 from ..restoration import to_images, to_state
+from ..trajectory import run_from_lq
 
 
 def repeat_batch(tree, n):
@@ -42,16 +44,23 @@ class CompactRestorer:
         return self.net
 
 
+def predictor(restorer, net, grid=None):
+    """``predict(x, index, cond)`` for ``trajir.trajectory.run``: the output of ``net`` (the trained module, its DDP
+    wrapper or a frozen copy) at grid ``index`` of ``grid`` (default: the restorer's)."""
+    grid = restorer.grid if grid is None else grid
+
+    def predict(x, index, cond):
+        return restorer.predict(net, x, grid.model_time(index, x.shape[0]).to(x.device), cond)
+    return predict
+
+
 def sample_images(restorer, net, recipe, lq_images, seed):
     """Restore a batch of LQ images (0..1) with ``net`` following ``recipe``; returns images in 0..1."""
-    from ..grids import grid_from_description
-    from ..restoration import sample_path
-
     grid = grid_from_description(recipe.grid)
     s = restorer.encode({"lq": lq_images, "gt": lq_images})
     lq = s["lq"]
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(int(seed))).to(lq)
     with torch.no_grad():
-        x = sample_path(lambda x, i: restorer.predict(net, x, grid.model_time(i, x.shape[0]).to(x.device), s["cond"]),
-                        grid, recipe.path, lq, noise, recipe.lq_weight, recipe.ngs_w)
-    return restorer.decode(x)
+        out = run_from_lq(grid, recipe.path, predictor(restorer, net, grid), lq, noise, recipe.lq_weight,
+                          recipe.ngs_w, s["cond"])
+    return restorer.decode(out.final)

@@ -16,9 +16,10 @@ import torch.distributed as dist
 from ..align import best_of_n
 from ..modulation import ModulationConfig, ModulationMLP
 from ..restoration import Recipe
+from ..trajectory import run, run_from_lq
 from . import randomness
 from .pretrain import training_state
-from .restorers import repeat_batch
+from .restorers import predictor, repeat_batch
 from .rewarding import reward_from_config
 from .stage_base import Stage
 
@@ -85,10 +86,6 @@ class RLAlign(Stage):
         pred = self.restorer.predict(net, x, grid.model_time(index, x.shape[0]).to(x.device), s["cond"])
         return grid.guide(pred, x, s["lq"], index, self.ngs_w)
 
-    def _chunks(self, n):
-        size = max(1, self.cfg["run.batch_size"])
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
     @torch.no_grad()
     def _finish(self, x, position, s):
         """Continue states ``x`` at path positions ``position`` (per sample) with ODE steps to the end.
@@ -97,20 +94,12 @@ class RLAlign(Stage):
         each step runs on every sample from the earliest eligible position on, and samples not yet at their
         position keep their state.
         """
-        grid, path = self.restorer.grid, torch.tensor(self.path, device=x.device)
         collective = getattr(self.restorer, "collective", False)
         first = min(self.eligible) + 1 if collective else int(position.min())
-        for p in range(first, len(self.path) - 1):
-            active = position <= p
-            rows = torch.arange(len(x), device=x.device) if collective else active.nonzero()[:, 0]
-            for chunk in self._chunks(len(rows)):
-                idx = rows[chunk]
-                sub = {"cond": {k: v[idx] for k, v in s["cond"].items()}, "lq": s["lq"][idx]}
-                a, b = path[p].expand(len(idx)), path[p + 1].expand(len(idx))
-                stepped = grid.jump(x[idx], self._pred(self.sampler, x[idx], a, sub), a, b)
-                keep = active[idx].reshape(-1, *([1] * (x.ndim - 1)))
-                x[idx] = torch.where(keep, stepped, x[idx])
-        return x
+        walk = run(self.restorer.grid, self.path[first:], x, predictor(self.restorer, self.sampler), s["cond"],
+                   lq=s["lq"], ngs_w=self.ngs_w, begin=position - first, chunk=max(1, self.cfg["run.batch_size"]),
+                   every_row=collective)
+        return walk.final
 
     def explore(self, batch, keys):
         """Algorithm 1, steps 1–5, for one batch (no gradients except through the modulation network's eta)."""
@@ -120,20 +109,15 @@ class RLAlign(Stage):
         b = x0.shape[0]
         path = torch.tensor(self.path, device=device)
         with torch.no_grad():
-            x = grid.lq_start(s["lq"], randomness.normal(keys, 1, x0.shape[1:], device).to(x0), self.path[0],
-                              self.lq_weight)
-            states = [x]
-            for p in range(len(self.path) - 1):
-                a, c = path[p].expand(b), path[p + 1].expand(b)
-                x = grid.jump(x, self._pred(self.sampler, x, a, s), a, c)
-                states.append(x)
-            states = torch.stack(states)                                    # [P + 1, B, ...]
+            noise = randomness.normal(keys, 1, x0.shape[1:], device).to(x0)
+            ode = run_from_lq(grid, self.path, predictor(self.restorer, self.sampler), s["lq"], noise, self.lq_weight,
+                              self.ngs_w, s["cond"], keep=True)
+            states, preds = torch.stack(ode.states), torch.stack(ode.preds)  # [P + 1, B, ...], [P, B, ...]
             choice = torch.tensor(randomness.integers(keys, 3, 0, len(self.eligible)), device=device)
             position = torch.tensor(self.eligible, device=device)[choice]    # [B]
             rows = torch.arange(b, device=device)
-            x_k, ode_next = states[position, rows], states[position + 1, rows]
+            x_k, ode_next, pred_k = states[position, rows], states[position + 1, rows], preds[position, rows]
             a, c = path[position], path[position + 1]
-            pred_k = self._pred(self.sampler, x_k, a, s)
             error = ((grid.x0(x_k, pred_k, a) - x0) ** 2).flatten(1).mean(1)
         t_k = grid.model_time(a, b).to(device)
         eta_net = self.modulation(error, t_k) if self.modulation is not None else None
