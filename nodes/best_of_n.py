@@ -1,15 +1,14 @@
 """TrajIR Best-of-N Trajectory Aligner: the ODE trajectory plus N M-SDE branches through ComfyUI's guider,
-decoded, scored with a TRAJIR_REWARD, the best one returned (MATH.md §6.2, Algorithm 1 steps 2-5).
+decoded, scored with a TRAJIR_REWARD, the best one returned (``trajir.best_of_n``; docs/equations.md §5).
 
 The branches run inside ``guider.sample`` as a KSAMPLER function (``BranchSampler``), so conditioning, ControlNet,
-model patches and our negative LQ guidance apply exactly as in SamplerCustomAdvanced. The best branch can be
-saved as a ``trajir.branches`` record (x at t_k and t_k+1, t_k, t_k+1, reward) for ``python -m trajir.train``.
+model patches and our negative LQ guidance apply exactly as in SamplerCustomAdvanced; the node only adapts
+ComfyUI's wrapped model to ``trajir.best_of_n.rollout``. The best branch can be saved as a branch record (x at
+t_k and t_k+1, t_k, t_k+1, reward; ``trajir.best_of_n.save_branch``) for ``python -m trajir.train``.
 """
 import torch
 
-from ..trajir.branches import save_branch
-from ..trajir.samplers import check_sigmas
-from .branching import (
+from ..trajir.best_of_n import (
     BRANCH_MODES,
     ETA_MODES,
     candidate_etas,
@@ -17,7 +16,10 @@ from .branching import (
     chunk_size,
     count_model_calls,
     rollout,
+    save_branch,
+    select_best,
 )
+from ..trajir.samplers import check_sigmas
 from .comfy_bridge import (
     check_interrupt,
     image_to_bchw,
@@ -132,8 +134,6 @@ class TrajIRBestOfN:
         import comfy.sample
         import comfy.samplers
 
-        from ..trajir.align import best_of_n
-
         seed = getattr(noise, "seed", None) or 0
         etas = candidate_etas(candidates, eta, eta_mode, seed)
         if mode not in BRANCH_MODES:
@@ -170,7 +170,7 @@ class TrajIRBestOfN:
             raise ValueError(f"reference has shape {tuple(ref.shape)} ([B, C, H, W]) but the decoded images have "
                              f"shape {tuple(candidates_bchw.shape[1:])}; give one reference per image at the "
                              "output size")
-        best, scores = best_of_n(candidates_bchw, reward, reference=ref, ode_index=0, chunk_size=chunk)
+        best, scores = select_best(candidates_bchw, reward, reference=ref, ode_index=0, chunk_size=chunk)
         best, scores = best.cpu(), scores.cpu()
         flat = best * images + torch.arange(images)
         table = score_table(scores, best, etas)

@@ -1,41 +1,16 @@
 """TrajIR M-SDE Sampler: a ComfyUI SAMPLER (``comfy.samplers.KSAMPLER``) around ``trajir.samplers.sample_msde``.
 
-The sampler function detects the model's parameterisation when it runs (COMFYUI.md §8: CONST -> rectified flow
-Eq. (13)-(14), EPS / V_PREDICTION -> the VE step Eq. (11)), turns the eta schedule and the SDE window into one
-eta per step, and leaves progress and previews to ComfyUI's callback (no ProgressBar of its own).
+The sampler function detects the model's parameterisation when it runs (docs/comfyui.md §3: CONST -> rectified
+flow Eq. (13)-(14), EPS / V_PREDICTION -> the VE step Eq. (11)), turns the eta schedule (``trajir.samplers``) and
+the SDE window into one eta per step, and leaves progress and previews to ComfyUI's callback (no ProgressBar of
+its own).
 """
 import math
 
 import torch
 
-from ..trajir.samplers import check_sigmas, noise_seed, resolve_etas, sample_msde
+from ..trajir.samplers import ETA_SCHEDULES, check_sigmas, resolve_etas, sample_msde, schedule_etas
 from .comfy_bridge import WINDOW_UNITS, check_interrupt, parameterisation, window_sigmas
-
-ETA_SCHEDULES = ("constant", "proportional", "random")
-_ETA_STREAM = 0x5BD1E995  # offsets the seed of the random-eta draws from the SDE noise stream
-
-
-def schedule_etas(schedule, eta, sigmas, seed=0):
-    """One eta per step of ``sigmas`` (a list of floats, noise to data) before the SDE window is applied.
-
-    - ``constant``: ``eta`` at every step;
-    - ``proportional``: ``eta * sigma_i / sigma_0``, strongest at the noisy end and fading towards the data;
-    - ``random``: ``eta * sqrt(u_i)``, ``u_i ~ U[0, 1)`` drawn on the CPU from ``seed``, i.e. ``eta^2`` uniform as
-      in the FLUX-IR code (``alpha = 1 + U[0, 1)``, MATH.md §5.2).
-    """
-    if schedule not in ETA_SCHEDULES:
-        raise ValueError(f"eta_schedule must be one of {ETA_SCHEDULES}, got {schedule!r}")
-    eta = float(eta)
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be finite and >= 0, got {eta}")
-    n = len(sigmas) - 1
-    if schedule == "constant":
-        return [eta] * n
-    if schedule == "proportional":
-        return [eta * s / sigmas[0] for s in sigmas[:-1]]
-    generator = torch.Generator(device="cpu").manual_seed(noise_seed(int(seed) ^ _ETA_STREAM))
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    return [eta * math.sqrt(v) for v in u.tolist()]
 
 
 def step_etas(schedule, eta, sigmas, window, start, end, percent_to_sigma, seed=0):

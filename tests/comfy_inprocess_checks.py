@@ -55,7 +55,7 @@ def main(out_dir):
     pack = _load("trajir_pack", REPO / "__init__.py", package=True)
     probe = _load("trajir_test_probe", TESTS / "comfy_probe_pack.py")
     ours = pack.NODE_CLASS_MAPPINGS
-    from trajir_pack.trajir.branches import load_branch
+    from trajir_pack.trajir.best_of_n import load_branch
     from trajir_pack.trajir.conditioning import load_conditioning
     from trajir_pack.trajir.rewards import Reward
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trajir.branches import load_branch, save_branch
+from trajir.best_of_n import load_branch, save_branch
 from trajir.conditioning import load_conditioning, save_conditioning, zero_conditioning
 
 

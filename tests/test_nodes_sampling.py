@@ -1,8 +1,7 @@
 """The sampling logic of the nodes, without ComfyUI: eta schedules and windows (M-SDE Sampler), the cut schedule and
-LQ weight of Eq. (17) (LQ Initial State), the NGS helpers (Negative LQ Guidance) and the Best-of-N branch rollout,
-checked against independent loops and closed forms."""
+LQ weight of Eq. (17) (LQ Initial State) and the NGS helpers (Negative LQ Guidance), checked against independent
+loops and closed forms. The Best-of-N rollout the Best-of-N node runs is tested in test_best_of_n.py."""
 import importlib
-import math
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ sampler = importlib.import_module("trajir_pack.nodes.sampler")
 bridge = importlib.import_module("trajir_pack.nodes.comfy_bridge")
 initial_state = importlib.import_module("trajir_pack.nodes.initial_state")
 guider = importlib.import_module("trajir_pack.nodes.guider")
-branching = importlib.import_module("trajir_pack.nodes.branching")
 interpolation = importlib.import_module("trajir_pack.trajir.interpolation")
 
 SIGMAS = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
@@ -134,107 +132,3 @@ def test_guidance_window_weights():
     assert guider.window_weights(0.2, sigma, 1.0, 0.0) == 0.2
     assert guider.window_weights(0.2, sigma, 0.05, 0.0) == 0.0
     assert guider.window_weights(0.2, sigma, 0.6, 0.3).tolist() == pytest.approx([0.0, 0.2, 0.0])
-
-
-# --- Best-of-N rollout ---------------------------------------------------------------------------------------------
-
-def toy_denoise(x, sigma):
-    """A smooth nonlinear stand-in for a model: x0 depends on x and sigma."""
-    return 0.5 * torch.tanh(x) + 0.1 * sigma
-
-
-def euler_loop(x, sigmas, denoise=toy_denoise):
-    """k-diffusion's sample_euler (COMFYUI.md §8), written out independently."""
-    for i in range(len(sigmas) - 1):
-        d = (x - denoise(x, sigmas[i])) / sigmas[i]
-        x = x + d * (sigmas[i + 1] - sigmas[i])
-    return x
-
-
-@pytest.mark.parametrize("mode", branching.BRANCH_MODES)
-@pytest.mark.parametrize("param", ["rf", "ve"])
-def test_candidate_0_is_exactly_the_euler_ode(mode, param):
-    sigmas = torch.tensor(SIGMAS) * (1 if param == "rf" else 10)
-    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * float(sigmas[0])
-    etas = branching.candidate_etas(3, 1.0, "fixed")
-    final, x_t, x_next = branching.rollout(toy_denoise, x, sigmas, etas, param, mode, branch_step=2, seed=5)
-    assert final.shape == x_t.shape == x_next.shape == (4, 2, 3, 4, 4)
-    assert torch.equal(final[0], euler_loop(x, sigmas))
-    assert torch.equal(x_t[0], euler_loop(x, sigmas[:3]))  # the ODE state at the branch step
-    if mode == "single_step":
-        assert all(torch.equal(x_t[n], x_t[0]) for n in range(4))  # every branch leaves the same ODE state
-    assert all(float((final[n] - final[0]).abs().max()) > 1e-3 for n in range(1, 4))
-    assert float((final[1] - final[2]).abs().max()) > 1e-3
-
-
-def test_branches_with_eta_0_all_follow_the_ode():
-    x = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(2))
-    final, _, _ = branching.rollout(toy_denoise, x, torch.tensor(SIGMAS), branching.candidate_etas(2, 0.0, "fixed"),
-                                    "rf", "throughout", branch_step=1)
-    assert all(torch.equal(final[n], final[0]) for n in range(3))
-
-
-@pytest.mark.parametrize("param, scale", [("rf", 1.0), ("ve", 8.0)])
-def test_a_branch_step_keeps_the_marginal_of_point_mass_data(param, scale):
-    """Point-mass data at c with the exact x0 = c. The rf step is exact at any step size (MATH.md §5.2): it lands on
-    ``(1 - t') c + t' eps'``, eps' standard normal. The ve step Eq. (11) is first order: from ``c + s eps`` it gives
-    ``c + (s' - eta^2 (s - s')) eps + eta sqrt(s^2 - s'^2) z``. The ODE then ends at c."""
-    c = 0.3
-    sigmas = torch.tensor([1.0, 0.9, 0.7, 0.4, 0.0]) * scale
-    t = float(sigmas[0])
-    eps = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(3))
-    x = (1 - t) * c + t * eps if param == "rf" else c + t * eps
-    etas = branching.candidate_etas(8, 1.0, "fixed")
-    final, _, x_next = branching.rollout(lambda x, s: torch.full_like(x, c), x, sigmas, etas, param, "single_step",
-                                         branch_step=1, seed=9)
-    t_next = float(sigmas[2])
-    signal = (1 - t_next) * c if param == "rf" else c
-    residual = (x_next[1:] - signal) / t_next
-    s, s_next = float(sigmas[1]), t_next
-    std = 1.0 if param == "rf" else math.sqrt((s_next - (s - s_next)) ** 2 + s * s - s_next * s_next) / s_next
-    assert float(residual.mean()) == pytest.approx(0.0, abs=0.02)
-    assert float(residual.std()) == pytest.approx(std, abs=0.02)
-    torch.testing.assert_close(final, torch.full_like(final, c), atol=1e-5, rtol=0)
-
-
-def test_model_calls_are_chunked_in_whole_image_batches():
-    sizes, started = [], []
-
-    def denoise(x, sigma):
-        sizes.append(x.shape[0])
-        return toy_denoise(x, sigma)
-
-    x = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(4))
-    chunk = branching.chunk_size(5, images=2)
-    assert chunk == 4
-    etas = branching.candidate_etas(4, 0.5, "fixed")
-    for mode in branching.BRANCH_MODES:
-        sizes.clear(), started.clear()
-        branching.rollout(denoise, x, torch.tensor(SIGMAS), etas, "rf", mode, branch_step=2, chunk=chunk,
-                          before_call=lambda: started.append(1))
-        assert len(started) == len(sizes) == branching.count_model_calls(5, 2, mode, 4, 2, chunk)
-        assert all(s <= chunk and s % 2 == 0 for s in sizes)
-        assert sum(sizes) == (3 * 2 + 2 * 10 if mode == "single_step" else 5 * 10)
-
-
-def test_candidate_etas():
-    assert branching.candidate_etas(3, 0.5, "fixed") == [0.0, 0.5, 0.5, 0.5]
-    etas = branching.candidate_etas(4000, 1.0, "random", seed=1)
-    assert etas[0] == 0.0 and all(0 <= e < 1 for e in etas[1:])
-    assert sum(e * e for e in etas[1:]) / 4000 == pytest.approx(0.5, abs=0.02)  # eta^2 ~ U[0, 1)
-    assert etas == branching.candidate_etas(4000, 1.0, "random", seed=1)
-
-
-@pytest.mark.parametrize("call, message", [
-    (lambda: branching.candidate_etas(0, 1.0, "fixed"), "candidates must be an integer >= 1, got 0"),
-    (lambda: branching.candidate_etas(2, math.nan, "fixed"), "eta must be finite and >= 0"),
-    (lambda: branching.candidate_etas(2, 1.0, "gaussian"), "eta_mode must be one of"),
-    (lambda: branching.chunk_size(0, 1), "batch_size must be an integer >= 1, got 0"),
-    (lambda: branching.check_branch_step(4, 5), r"branch_step must lie in \[0, 3\] for a schedule of 5 steps"),
-    (lambda: branching.check_branch_step(0, 1), "needs a schedule of at least 2 steps"),
-    (lambda: branching.rollout(toy_denoise, torch.zeros(1, 1, 2, 2), torch.tensor(SIGMAS), [0.0, 1.0], "rf",
-                               "everywhere"), "mode must be one of"),
-])
-def test_bad_best_of_n_settings_are_refused(call, message):
-    with pytest.raises(ValueError, match=message):
-        call()

@@ -1,9 +1,9 @@
-"""rl.records: Eq. (15) from Best-of-N branch records saved in ComfyUI (trajir.branches), on a tiny FLUX."""
+"""rl.records: Eq. (15) from Best-of-N branch records saved in ComfyUI (trajir.best_of_n), on a tiny FLUX."""
 import pytest
 import torch
 
 from test_train_flux import flux_config
-from trajir.branches import save_branch
+from trajir.best_of_n import save_branch
 from trajir.models import FluxParams
 from trajir.train.distributed import DistEnv
 from trajir.train.loop import train

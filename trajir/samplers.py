@@ -1,4 +1,4 @@
-"""The M-SDE sampler in the k-diffusion / ComfyUI sampler convention (COMFYUI.md §8).
+"""The M-SDE sampler in the k-diffusion / ComfyUI sampler convention (docs/comfyui.md §3), and its eta schedules.
 
 ``model(x, sigma * x.new_ones([B]), **extra_args)`` returns the clean estimate x0. Two parameterisations:
 
@@ -29,6 +29,39 @@ def noise_seed(seed):
     return (int(seed) * _SEED_MIX + 0x632BE59BD9B4E019) % (2**63 - 1)
 
 
+def random_etas(count, eta, seed, stream):
+    """``count`` etas ``eta * sqrt(u)``, ``u ~ U[0, 1)``: eta^2 uniform, as the FLUX-IR code draws its
+    ``alpha = 1 + eta^2`` (docs/equations.md §4). Drawn on the CPU from ``seed`` offset by ``stream``, so each
+    caller's draws are apart from the SDE noise of the same seed."""
+    generator = torch.Generator(device="cpu").manual_seed(noise_seed(int(seed) ^ stream))
+    u = torch.rand(count, generator=generator, dtype=torch.float64)
+    return [eta * math.sqrt(v) for v in u.tolist()]
+
+
+ETA_SCHEDULES = ("constant", "proportional", "random")
+_SCHEDULE_STREAM = 0x5BD1E995  # offsets the seed of the random eta schedule from the SDE noise stream
+
+
+def schedule_etas(schedule, eta, sigmas, seed=0):
+    """One eta per step of ``sigmas`` (a list of floats, noise to data) before the SDE window is applied.
+
+    - ``constant``: ``eta`` at every step;
+    - ``proportional``: ``eta * sigma_i / sigma_0``, strongest at the noisy end and fading towards the data;
+    - ``random``: ``eta * sqrt(u_i)``, ``u_i ~ U[0, 1)`` drawn on the CPU from ``seed`` (``random_etas``).
+    """
+    if schedule not in ETA_SCHEDULES:
+        raise ValueError(f"eta_schedule must be one of {ETA_SCHEDULES}, got {schedule!r}")
+    eta = float(eta)
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be finite and >= 0, got {eta}")
+    n = len(sigmas) - 1
+    if schedule == "constant":
+        return [eta] * n
+    if schedule == "proportional":
+        return [eta * s / sigmas[0] for s in sigmas[:-1]]
+    return random_etas(n, eta, seed, _SCHEDULE_STREAM)
+
+
 class NoiseStream:
     """Standard normal noise shaped like ``x``, drawn on the CPU from a seeded generator (identical on every
     device), then moved to ``x``'s device without a host-device synchronisation (pinned, non-blocking copy)."""
@@ -49,7 +82,7 @@ def resolve_etas(eta, sigmas, sde_start=None, sde_end=None):
     """Per-step eta values (Python floats) from a constant, a per-step sequence or a function of sigma.
 
     Steps whose starting sigma lies outside the window ``[sde_end, sde_start]`` (either bound optional) get
-    eta = 0, as does the last step into sigma = 0, which must be an ODE step (MATH.md §4.6, §5.2).
+    eta = 0, as does the last step into sigma = 0, which must be an ODE step (docs/equations.md §3-4).
     """
     n = len(sigmas) - 1
     if callable(eta):

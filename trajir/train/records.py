@@ -10,7 +10,7 @@ import pathlib
 import torch
 import torch.nn.functional as F
 
-from ..branches import CONDITIONING, load_branch
+from ..best_of_n import CONDITIONING, load_branch
 from ..data.sampler import EpochSampler
 from ..restoration import Recipe
 from .stage_base import Stage

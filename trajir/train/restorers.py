@@ -11,15 +11,6 @@ from ..restoration import to_images, to_state
 from ..trajectory import run_from_lq
 
 
-def repeat_batch(tree, n):
-    """Repeat every tensor of a conditioning dict ``n`` times along the batch (candidates of Best-of-N)."""
-    if torch.is_tensor(tree):
-        return tree.repeat(n, *([1] * (tree.ndim - 1)))
-    if isinstance(tree, dict):
-        return {k: repeat_batch(v, n) for k, v in tree.items()}
-    return tree
-
-
 class CompactRestorer:
     """A compact U-Net in pixel space (states in [-1, 1]) conditioned on the LQ image by concatenation."""
 

@@ -1,11 +1,15 @@
-"""Stage ``rl``: reinforcing ODE trajectories with M-SDE branches, Algorithm 1 and Eq. (15) (MATH.md §6.2–6.4).
+"""Stage ``rl``: reinforcing ODE trajectories with M-SDE branches, Algorithm 1 and Eq. (15) (docs/equations.md §5).
 
 For each sample: roll out the ODE with the frozen sampler copy, pick a branch step k, explore N M-SDE steps from
 the ODE state with etas from the modulation network plus exploration noise, continue each branch with ODE steps
 to the end, decode and score all N + 1 candidates (the unperturbed ODE continuation is candidate 0), and regress
 one ODE step of the trained model from the ODE state onto the best branch's state at k + 1. Samples where no
 branch beats the ODE contribute nothing; the modulation network moves towards the winning eta (a
-cross-entropy-method update, MATH.md §6.3). Only the ranking of rewards is used, so any reward works.
+cross-entropy-method update, docs/equations.md §5). Only the ranking of rewards is used, so any reward works.
+
+``explore`` is Algorithm 1 steps 1-5 (``rollout``, ``branch_positions``, ``branch_etas``, then the branches of
+``trajir.best_of_n`` finished by ``finish`` and ranked by ``select_best``), ``targets`` the regression targets of
+``rl.target`` and ``loss`` Eq. (15) with the eta update and the optional anchor.
 """
 import copy
 from dataclasses import dataclass
@@ -13,13 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..align import best_of_n
+from ..best_of_n import branch, repeat_candidates, select_best
 from ..modulation import ModulationConfig, ModulationMLP
 from ..restoration import Recipe
 from ..trajectory import run, run_from_lq
 from . import randomness
 from .pretrain import training_state
-from .restorers import predictor, repeat_batch
+from .restorers import predictor
 from .rewarding import reward_from_config
 from .stage_base import Stage
 
@@ -80,15 +84,32 @@ class RLAlign(Stage):
             groups.append({"params": list(self.modulation.parameters()), "lr": self.cfg["rl.modulation_lr"]})
         return groups
 
-    def _pred(self, net, x, index, s):
-        """Guided prediction of ``net`` at per-sample grid ``index`` (a [len(x)] tensor)."""
-        grid = self.restorer.grid
-        pred = self.restorer.predict(net, x, grid.model_time(index, x.shape[0]).to(x.device), s["cond"])
-        return grid.guide(pred, x, s["lq"], index, self.ngs_w)
+    # --- Algorithm 1, steps 1-5 ---------------------------------------------------------------------------------
+
+    def rollout(self, s, keys):
+        """Steps 1-2: the frozen sampler's ODE from the start state; every state and guided prediction."""
+        noise = randomness.normal(keys, 1, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
+        return run_from_lq(self.restorer.grid, self.path, predictor(self.restorer, self.sampler), s["lq"], noise,
+                           self.lq_weight, self.ngs_w, s["cond"], keep=True)
+
+    def branch_positions(self, keys, device):
+        """Step 3: one eligible branch position k per sample (never the last jump)."""
+        choice = torch.tensor(randomness.integers(keys, 3, 0, len(self.eligible)), device=device)
+        return torch.tensor(self.eligible, device=device)[choice]
+
+    def branch_etas(self, error, t_k, keys):
+        """Step 4's modulation: ``(eta_net [B] with grad or None, etas [N, B])``, the network's eta (or
+        ``rl.eta_fixed``) plus exploration noise, inside ``[0, rl.eta_max]``."""
+        b, n, device = error.shape[0], self.branches, error.device
+        eta_net = self.modulation(error, t_k) if self.modulation is not None else None
+        base = eta_net.detach() if eta_net is not None else torch.full((b,), self.eta_fixed, device=device)
+        jitter = randomness.normal(keys, 4, (n,), device).T if eta_net is not None else torch.zeros(n, b, device=device)
+        return eta_net, (base[None] + self.explore_std * jitter).clamp(0, self.eta_max)
 
     @torch.no_grad()
-    def _finish(self, x, position, s):
-        """Continue states ``x`` at path positions ``position`` (per sample) with ODE steps to the end.
+    def finish(self, x, position, s):
+        """Continue the states ``x`` that sit at path positions ``position`` (per sample) with the frozen sampler's
+        ODE steps to the end.
 
         When every forward pass is a collective (a base sharded across ranks), all ranks make the same calls:
         each step runs on every sample from the earliest eligible position on, and samples not yet at their
@@ -102,44 +123,42 @@ class RLAlign(Stage):
         return walk.final
 
     def explore(self, batch, keys):
-        """Algorithm 1, steps 1–5, for one batch (no gradients except through the modulation network's eta)."""
+        """Algorithm 1, steps 1-5, for one batch (no gradients except through the modulation network's eta)."""
         grid, n = self.restorer.grid, self.branches
         s = self.restorer.encode(batch)
         x0, device = s["x0"], s["x0"].device
         b = x0.shape[0]
-        path = torch.tensor(self.path, device=device)
+        path, rows = torch.tensor(self.path, device=device), torch.arange(b, device=device)
         with torch.no_grad():
-            noise = randomness.normal(keys, 1, x0.shape[1:], device).to(x0)
-            ode = run_from_lq(grid, self.path, predictor(self.restorer, self.sampler), s["lq"], noise, self.lq_weight,
-                              self.ngs_w, s["cond"], keep=True)
+            ode = self.rollout(s, keys)
             states, preds = torch.stack(ode.states), torch.stack(ode.preds)  # [P + 1, B, ...], [P, B, ...]
-            choice = torch.tensor(randomness.integers(keys, 3, 0, len(self.eligible)), device=device)
-            position = torch.tensor(self.eligible, device=device)[choice]    # [B]
-            rows = torch.arange(b, device=device)
+            position = self.branch_positions(keys, device)                     # [B]
             x_k, ode_next, pred_k = states[position, rows], states[position + 1, rows], preds[position, rows]
             a, c = path[position], path[position + 1]
             error = ((grid.x0(x_k, pred_k, a) - x0) ** 2).flatten(1).mean(1)
-        t_k = grid.model_time(a, b).to(device)
-        eta_net = self.modulation(error, t_k) if self.modulation is not None else None
-        base = eta_net.detach() if eta_net is not None else torch.full((b,), self.eta_fixed, device=device)
-        jitter = randomness.normal(keys, 4, (n,), device).T if eta_net is not None else torch.zeros(n, b, device=device)
-        etas = (base[None] + self.explore_std * jitter).clamp(0, self.eta_max)          # [N, B]
+        eta_net, etas = self.branch_etas(error, grid.model_time(a, b).to(device), keys)   # [B], [N, B]
         with torch.no_grad():
             z = randomness.normal(keys, 5, (n, *x0.shape[1:]), device).transpose(0, 1).to(x0)  # [N, B, ...]
-            rep = lambda t: t.repeat(n, *([1] * (t.ndim - 1)))  # noqa: E731  [N*B] in candidate-major order
-            branch = grid.msde(rep(x_k), rep(pred_k), rep(a), rep(c), etas.reshape(-1), z.reshape(n * b, *z.shape[2:]))
-            finals = self._finish(branch.clone(), rep(position) + 1, {"cond": repeat_batch(s["cond"], n),
-                                                                     "lq": rep(s["lq"])})
+            branches = branch(grid, x_k, pred_k, a, c, etas, z)                             # [N, B, ...]
+            finals = self.finish(branches.flatten(0, 1), repeat_candidates(position, n) + 1,
+                                 repeat_candidates({"cond": s["cond"], "lq": s["lq"]}, n))
             decoded = self.restorer.decode(finals)
             images = torch.cat([self.restorer.decode(states[-1])[None], decoded.reshape(n, b, *decoded.shape[1:])])
-            best, scores = best_of_n(images.float(), self.reward, reference=batch["gt"].to(device).float(),
-                                     ode_index=0)
-        if self.cfg["rl.target"] == "noise":  # the ODE step plus the winning branch's noise, without the drift bias
-            mean = grid.msde(rep(x_k), rep(pred_k), rep(a), rep(c), etas.reshape(-1), torch.zeros_like(branch))
-            branch = rep(ode_next) + (branch - mean)
-        x_next = torch.cat([ode_next[None], branch.reshape(n, b, *branch.shape[1:])])
+            best, scores = select_best(images.float(), self.reward, reference=batch["gt"].to(device).float(),
+                                       ode_index=0)
+        x_next = torch.cat([ode_next[None], self.targets(grid, x_k, pred_k, a, c, etas, branches, ode_next)])
         etas = torch.cat([torch.zeros(1, b, device=device), etas])
         return Exploration(position, x_k, x_next, images, scores, best, etas, eta_net, error), s
+
+    def targets(self, grid, x_k, pred_k, a, c, etas, branches, ode_next):
+        """The regression targets of the branches ``[N, B, ...]``: their states (``rl.target = "branch"``, Eq. (15)),
+        or the ODE step plus each branch's noise, without the M-SDE drift bias (``"noise"``)."""
+        if self.cfg["rl.target"] == "branch":
+            return branches
+        mean = branch(grid, x_k, pred_k, a, c, etas, torch.zeros_like(branches))
+        return ode_next[None] + (branches - mean)
+
+    # --- Eq. (15) ---------------------------------------------------------------------------------------------
 
     def loss(self, batch, keys):
         e, s = self.explore(batch, keys)
@@ -149,9 +168,10 @@ class RLAlign(Stage):
         a, c = path[e.position], path[e.position + 1]
         won = (e.best > 0).float()                                  # samples where a branch beat the ODE
         target = e.x_next[e.best, rows].detach()
-        step = grid.jump(e.x_k, self._pred(self.model, e.x_k, a, s), a, c)   # Phi_theta(x_k), with grad
-        per_sample = ((step.float() - target.float()) ** 2).flatten(1).mean(1)
-        loss = (won * per_sample).mean()                            # Eq. (15); exactly 0 when nobody wins
+        pred = grid.guide(predictor(self.restorer, self.model)(e.x_k, a, s["cond"]), e.x_k, s["lq"], a, self.ngs_w)
+        step = grid.jump(e.x_k, pred, a, c)                          # Phi_theta(x_k), with grad
+        error = ((step.float() - target.float()) ** 2).flatten(1).mean(1)
+        loss = (won * error).mean()                                 # Eq. (15); exactly 0 when nobody wins
         logs = {"rl_loss": loss.detach(), "win_rate": won.mean(), "reward_ode": e.scores[0].mean(),
                 "reward_best": e.scores[e.best, rows].mean()}
         if e.eta_net is not None:
@@ -159,13 +179,17 @@ class RLAlign(Stage):
             loss = loss + eta_loss
             logs.update(eta=e.eta_net.detach().mean(), eta_loss=eta_loss.detach())
         if self.cfg["rl.gt_weight"] > 0:                            # optional anchor: flow matching on the pairs
-            noise = randomness.normal(keys, 6, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
-            u = randomness.uniform(keys, 7, s["x0"].device)[:, 0]
-            x_t, t, tgt = training_state(grid, s["x0"], noise, u)
-            anchor = ((self.restorer.predict(self.model, x_t, t, s["cond"]).float() - tgt.float()) ** 2).mean()
+            anchor = self.anchor(s, keys)
             loss = loss + self.cfg["rl.gt_weight"] * anchor
             logs["anchor_loss"] = anchor.detach()
         return loss, logs
+
+    def anchor(self, s, keys):
+        """The flow-matching (or noise-prediction) loss of the trained model on the batch's GT pairs."""
+        noise = randomness.normal(keys, 6, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
+        u = randomness.uniform(keys, 7, s["x0"].device)[:, 0]
+        x_t, t, target = training_state(self.restorer.grid, s["x0"], noise, u)
+        return ((self.restorer.predict(self.model, x_t, t, s["cond"]).float() - target.float()) ** 2).mean()
 
     def before_optimizer_step(self):
         """The modulation network is not wrapped in DDP: average its gradients over ranks by hand."""
