@@ -6,7 +6,8 @@ from conftest import sample_photo
 
 from trajir.models import (AutoEncoder, AutoEncoderParams, LQEncoder, enable_gradient_checkpointing,
                            lq_alignment_loss)
-from trajir.models.autoencoder import blend_tiles, posterior
+from trajir.models.autoencoder import posterior
+from trajir.tiling import blend_tiles
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ student), the LQ weight of the start state (Eq. (17)) and the negative-LQ-guidan
 trainer stores the recipe in the exported file's metadata; ``restore`` reads it back.
 """
 import json
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -14,6 +13,7 @@ from safetensors import safe_open
 
 from .checks import require_finite, require_image_batch
 from .grids import grid_from_description
+from .tiling import blend_tiles, check_tiling
 from .trajectory import run_from_lq
 
 RECIPE_KEY = "trajir_recipe"
@@ -78,8 +78,8 @@ def to_images(states):
 def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
     """Restore ``lq`` ``[B, 3, H, W]`` (0..1) with ``model`` following ``recipe``; returns images in 0..1.
 
-    ``tile > 0`` processes overlapping tiles of that size and blends them (large images on small memory); the
-    noise is drawn once for the whole image (CPU, from ``seed``), so tiles agree where they overlap.
+    ``tile > 0`` processes overlapping tiles of that size and blends them (``trajir.tiling``; large images on small
+    memory); the noise is drawn once for the whole image (CPU, from ``seed``), so tiles agree where they overlap.
     ``progress(done, total)`` is called after each tile.
     """
     require_image_batch("lq", lq)
@@ -106,42 +106,8 @@ def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
         if progress is not None:
             progress(1, 1)
         return to_images(out)
-    if overlap < 0 or overlap >= tile:
-        raise ValueError(f"overlap must lie in [0, tile), got overlap={overlap}, tile={tile}")
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
-    total = torch.zeros(lq.shape[0], 3, h, w)
-    weight = torch.zeros(1, 1, h, w)
-    done = 0
-    for y in ys:
-        for x in xs:
-            sl = (..., slice(y, y + tile), slice(x, x + tile))
-            part = run(lq_state[sl], noise[sl])
-            ramp = _window(part.shape[-2], part.shape[-1], overlap, y > 0, y + tile < h, x > 0, x + tile < w)
-            total[sl] += part * ramp
-            weight[sl] += ramp
-            done += 1
-            if progress is not None:
-                progress(done, len(ys) * len(xs))
-    return to_images(total / weight)
-
-
-def _starts(length, tile, overlap):
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    step = (length - tile) / (n - 1)
-    return [round(i * step) for i in range(n)]
-
-
-def _window(h, w, overlap, top, bottom, left, right):
-    """Blending weights of one tile: linear ramps over ``overlap`` pixels on the sides shared with neighbours."""
-    def ramp(n, start, end):
-        r = torch.ones(n)
-        if overlap > 0:
-            edge = torch.linspace(1, overlap, overlap) / (overlap + 1)
-            if start:
-                r[:overlap] = torch.minimum(r[:overlap], edge)
-            if end:
-                r[-overlap:] = torch.minimum(r[-overlap:], edge.flip(0))
-        return r
-    return (ramp(h, top, bottom)[:, None] * ramp(w, left, right)[None, :])[None, None]
+    check_tiling(tile, overlap)
+    # lq and noise travel as one tensor, so every tile gets the matching crops of both
+    out = blend_tiles(lambda part: run(part[:, :3], part[:, 3:]), torch.cat([lq_state, noise], dim=1), tile, overlap,
+                      out_channels=3, progress=progress)
+    return to_images(out)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import require_image_batch, require_tensor
+from ..tiling import blend_tiles, check_tiling
 from .layers import finite, init_weights_, run_block
 
 NORM_GROUPS = 32  # every GroupNorm in the LDM autoencoder has 32 groups
@@ -295,7 +296,7 @@ class AutoEncoder(nn.Module):
         """
         d = self.params.downscale
         check_pixels("images", images, self.params.in_channels, d)
-        _check_tiling(tile, overlap, d, "pixels")
+        check_tiling(tile, overlap, d, "pixels")
         z = blend_tiles(lambda t: self.encode_vae(t), images, tile, overlap, 1, d, self.params.z_channels)
         return self.vae_to_model(z)
 
@@ -303,59 +304,8 @@ class AutoEncoder(nn.Module):
         """``decode`` in overlapping ``tile``-cell latent tiles (``tile=64`` is 512 px), blended linearly; same
         tolerance as ``encode_tiled``."""
         require_image_batch("latent", latent, channels=self.params.z_channels)
-        _check_tiling(tile, overlap, 1, "latent cells")
+        check_tiling(tile, overlap, 1, "latent cells")
         z = self.model_to_vae(latent)
         images = blend_tiles(lambda t: self.decode_vae(t, clamp=False), z, tile, overlap, self.params.downscale,
                              1, self.params.out_channels)
         return images.clamp(0.0, 1.0) if clamp else images
-
-
-def _check_tiling(tile: int, overlap: int, multiple: int, unit: str):
-    if not isinstance(tile, int) or tile < multiple or tile % multiple:
-        raise ValueError(f"tile must be a positive multiple of {multiple} {unit}, got {tile!r}")
-    if not isinstance(overlap, int) or overlap < 0 or overlap % multiple or overlap >= tile:
-        raise ValueError(f"overlap must be a multiple of {multiple} {unit} in [0, tile={tile}), got {overlap!r}")
-
-
-def _starts(length: int, tile: int, overlap: int) -> list:
-    """Tile origins along one axis: stride ``tile - overlap``, the last tile flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, tile - overlap))
-    return starts + [length - tile]
-
-
-def _ramp(n: int, ramp: int, at_start: bool, at_end: bool) -> Tensor:
-    """Blend weights along one tile axis: linear ramps of ``ramp`` samples on inner edges, flat at image edges."""
-    w = torch.ones(n)
-    if ramp > 0:
-        pos = torch.arange(n, dtype=torch.float32) + 0.5
-        if not at_start:
-            w = torch.minimum(w, pos / ramp)
-        if not at_end:
-            w = torch.minimum(w, (n - pos) / ramp)
-    return w
-
-
-def blend_tiles(fn, x: Tensor, tile: int, overlap: int, up: int, down: int, out_channels: int) -> Tensor:
-    """Apply ``fn`` (which rescales by ``up / down``) to overlapping tiles of ``x`` and blend the outputs.
-
-    Weights are products of per-axis linear ramps over the inner overlaps, normalised by their sum, so any
-    ``fn`` that commutes with cropping (a tile-local map) gives exactly ``fn(x)``.
-    """
-    b, _, h, w = x.shape
-    out_h, out_w = h * up // down, w * up // down
-    out = torch.zeros(b, out_channels, out_h, out_w, dtype=torch.float32, device=x.device)
-    weight = torch.zeros(1, 1, out_h, out_w, dtype=torch.float32, device=x.device)
-    ramp = overlap * up // down
-    for y0 in _starts(h, tile, overlap):
-        for x0 in _starts(w, tile, overlap):
-            th, tw = min(tile, h), min(tile, w)
-            piece = fn(x[:, :, y0:y0 + th, x0:x0 + tw]).float()
-            oy, ox, oh, ow = y0 * up // down, x0 * up // down, th * up // down, tw * up // down
-            wy = _ramp(oh, ramp, y0 == 0, y0 + th == h)
-            wx = _ramp(ow, ramp, x0 == 0, x0 + tw == w)
-            mask = (wy[:, None] * wx[None, :]).to(x.device)
-            out[:, :, oy:oy + oh, ox:ox + ow] += piece * mask
-            weight[:, :, oy:oy + oh, ox:ox + ow] += mask
-    return (out / weight).to(x.dtype)

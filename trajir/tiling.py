@@ -1,0 +1,69 @@
+"""Overlapping tiles blended with linear ramps: the one tiling helper (the autoencoder's tiled encode and decode,
+tiled restoration).
+
+Tiles start every ``tile - overlap`` samples and the last one sits flush with the end. Each tile's output is
+weighted by the product of per-axis linear ramps over its inner edges (flat at the image border) and the sum is
+normalised by the summed weights, so a map that commutes with cropping (a tile-local map) is reproduced exactly.
+"""
+import torch
+from torch import Tensor
+
+
+def check_tiling(tile: int, overlap: int, multiple: int = 1, unit: str = "pixels"):
+    """``tile`` a positive multiple of ``multiple``; ``overlap`` a multiple of it in ``[0, tile)``."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < multiple or tile % multiple:
+        raise ValueError(f"tile must be a positive multiple of {multiple} {unit}, got {tile!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0 or overlap % multiple \
+            or overlap >= tile:
+        raise ValueError(f"overlap must be a multiple of {multiple} {unit} in [0, tile={tile}), got {overlap!r}")
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list:
+    """Tile origins along one axis: stride ``tile - overlap``, the last tile flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def ramp(n: int, width: int, at_start: bool, at_end: bool) -> Tensor:
+    """Blend weights along one tile axis: linear ramps of ``width`` samples on inner edges, flat at the borders
+    (``at_start`` / ``at_end``: the tile touches the image's border there)."""
+    w = torch.ones(n)
+    if width > 0:
+        pos = torch.arange(n, dtype=torch.float32) + 0.5
+        if not at_start:
+            w = torch.minimum(w, pos / width)
+        if not at_end:
+            w = torch.minimum(w, (n - pos) / width)
+    return w
+
+
+def blend_tiles(fn, x: Tensor, tile: int, overlap: int, up: int = 1, down: int = 1, out_channels: int = None,
+                progress=None) -> Tensor:
+    """Apply ``fn`` (which rescales by ``up / down``) to overlapping ``tile``-sized tiles of ``x`` ``[B, C, H, W]``
+    and blend the outputs; returns ``[B, out_channels, H * up / down, W * up / down]`` in ``x``'s dtype.
+
+    ``out_channels`` defaults to ``x``'s channels; ``progress(done, total)`` is called after each tile.
+    """
+    b, c, h, w = x.shape
+    out_channels = c if out_channels is None else out_channels
+    out_h, out_w = h * up // down, w * up // down
+    out = torch.zeros(b, out_channels, out_h, out_w, dtype=torch.float32, device=x.device)
+    weight = torch.zeros(1, 1, out_h, out_w, dtype=torch.float32, device=x.device)
+    width = overlap * up // down
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    done = 0
+    for y0 in ys:
+        for x0 in xs:
+            piece = fn(x[:, :, y0:y0 + th, x0:x0 + tw]).float()
+            oy, ox, oh, ow = y0 * up // down, x0 * up // down, th * up // down, tw * up // down
+            mask = (ramp(oh, width, y0 == 0, y0 + th == h)[:, None]
+                    * ramp(ow, width, x0 == 0, x0 + tw == w)[None, :]).to(x.device)
+            out[:, :, oy:oy + oh, ox:ox + ow] += piece * mask
+            weight[:, :, oy:oy + oh, ox:ox + ow] += mask
+            done += 1
+            if progress is not None:
+                progress(done, len(ys) * len(xs))
+    return (out / weight).to(x.dtype)
