@@ -4,7 +4,6 @@
 
 from .comfy_bridge import image_to_bchw, iqa_dirs
 
-PRESETS = ("fluxir-unified", "psnr")
 CUSTOM = "custom"
 
 
@@ -12,41 +11,22 @@ def metric_choices():
     """The metric selection offered by the node: the presets, ``custom`` (weights), then every single metric."""
     from ..trajir import rewards
 
-    singles = sorted(name for name in rewards.METRICS if name not in PRESETS)
-    return list(PRESETS) + [CUSTOM] + singles
-
-
-def parse_weights(text):
-    """``"lpips=1, niqe=0.5"`` (commas, semicolons or new lines between pairs) as ``{"lpips": 1.0, "niqe": 0.5}``."""
-    from ..trajir import rewards
-    from ..trajir.checks import parse_weights as parse_pairs
-
-    if not text.strip():
-        raise ValueError("weights is empty: with metric 'custom' give name=weight pairs, e.g. 'lpips=1, niqe=0.5'")
-    weights = parse_pairs(text, "weights")
-    unknown = sorted(set(weights) - set(rewards.METRICS))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown} in weights; known metrics: {sorted(rewards.METRICS)}")
-    if not any(weights.values()):
-        raise ValueError(f"weights {weights} are all zero; give at least one metric a positive weight")
-    return weights
+    presets = sorted(rewards.PRESETS)
+    return presets + [CUSTOM] + sorted(name for name in rewards.METRICS if name not in presets)
 
 
 def build_reward(metric, weights=""):
-    """The configured ``trajir.rewards.Reward`` for the node's selection."""
+    """The configured ``trajir.rewards.Reward`` for the node's selection (``Reward.from_spec``)."""
     from ..trajir import rewards
 
     dirs = iqa_dirs()
     if dirs:  # inside ComfyUI: models/iqa (and any extra_model_paths entry for "iqa")
         rewards.set_default_iqa_dirs(dirs)
-    if metric in PRESETS:
-        return rewards.Reward.preset(metric)
-    if metric == CUSTOM:
-        return rewards.Reward(parse_weights(weights))
-    if metric not in rewards.METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose a preset {list(PRESETS)}, 'custom' or one of "
-                         f"{sorted(rewards.METRICS)}")
-    return rewards.Reward({metric: 1.0})
+    if metric != CUSTOM:
+        return rewards.Reward.from_spec(metric, "metric")
+    if not weights.strip():
+        raise ValueError("weights is empty: with metric 'custom' give name=weight pairs, e.g. 'lpips=1, niqe=0.5'")
+    return rewards.Reward.from_spec(weights, "weights", mix=True)
 
 
 class TrajIRRewardScorer:

@@ -192,17 +192,18 @@ def test_out_of_memory_names_the_options(tmp_path, monkeypatch):
 
 
 def test_weighted_mix_syntax_is_shared():
+    from trajir.rewards import Reward
     from trajir.train.build import parse_task_mix
-    from trajir.train.rewarding import make_reward
 
     assert parse_task_mix("sr=3, denoise=1") == [("sr", 3.0), ("denoise", 1.0)]
     assert parse_task_mix("lowlight") == [("lowlight", 1.0)]
-    assert make_reward("psnr=1, ssim=0.5").weights == {"psnr": 1.0, "ssim": 0.5}
-    assert make_reward("fluxir-unified").weights == {"lpips": 1.0, "niqe": 1.0, "musiq": 1.0, "clipiqa": 1.0}
+    assert Reward.from_spec("psnr=1, ssim=0.5", "rl.reward").weights == {"psnr": 1.0, "ssim": 0.5}
+    assert Reward.from_spec("fluxir-unified", "rl.reward").weights == {"lpips": 1.0, "niqe": 1.0, "musiq": 1.0,
+                                                                       "clipiqa": 1.0}
     with pytest.raises(ValueError, match="data.task entry 'sr:3' is not name=weight"):
         parse_task_mix("sr:3, denoise=1")
     with pytest.raises(ValueError, match="rl.reward entry 'ssim=x': 'x' is not a number"):
-        make_reward("psnr=1, ssim=x")
+        Reward.from_spec("psnr=1, ssim=x", "rl.reward")
 
 
 def test_every_shipped_config_resolves_and_names_real_tasks():

@@ -1,4 +1,4 @@
-"""Composite rewards: a weighted mix of registered metrics (MATH.md §6.1).
+"""Composite rewards: a weighted mix of registered metrics (docs/equations.md §5).
 
 ``Reward(weights)(images, reference)`` is always the weighted mean of the *normalised* scores,
 ``sum_i w_i n_i(s_i) / sum_i w_i`` -- also for a single metric, so every reward reads "about 0..1, higher is
@@ -9,11 +9,12 @@ strictly monotone (PSNR/50 for ``Reward.preset("psnr")``, the task-specific rewa
 Presets:
 - ``"psnr"``: PSNR alone, the reward of the task-specific models.
 - ``"fluxir-unified"``: the FLUX-IR unified reward, the mean of ``1 - LPIPS``, ``clip(1 - NIQE/10, 0, 1)``,
-  ``MUSIQ/100`` and ``CLIPIQA`` (the normalisation constants are MATH.md §6.1's proposal).
+  ``MUSIQ/100`` and ``CLIPIQA`` (the normalisation constants are our reading, docs/equations.md §10).
 """
 import math
 
-from .registry import get_metric
+from ..checks import parse_weights
+from .registry import METRICS, get_metric
 
 PRESETS = {
     "psnr": {"psnr": 1.0},
@@ -60,6 +61,30 @@ class Reward:
         if name not in PRESETS:
             raise ValueError(f"unknown reward preset {name!r}; expected one of {sorted(PRESETS)}")
         return cls(PRESETS[name], iqa_dir=iqa_dir, options=options)
+
+    @classmethod
+    def from_spec(cls, spec, what="reward", mix=False, iqa_dir=None):
+        """The reward a text names: a preset (``psnr``, ``fluxir-unified``), one metric (``niqe``), or a weighted
+        mix ``"lpips=1, niqe=0.5"`` (``trajir.checks.parse_weights``). The one parser of reward texts: the
+        trainer's ``rl.reward`` and the Reward Scorer node's selection.
+
+        ``what`` names the input in errors; ``mix=True`` accepts only the mix form.
+        """
+        text = str(spec).strip()
+        if mix or "=" in text:
+            weights = parse_weights(text, what)
+            unknown = sorted(set(weights) - set(METRICS))
+            if unknown:
+                raise ValueError(f"unknown metric(s) {unknown} in {what}; known metrics: {sorted(METRICS)}")
+            if not any(weights.values()):
+                raise ValueError(f"{what} {weights} are all zero; give at least one metric a positive weight")
+            return cls(weights, iqa_dir=iqa_dir)
+        if not text:
+            raise ValueError(f"{what} is empty; give a preset ({', '.join(sorted(PRESETS))}), a metric or "
+                             "name=weight pairs")
+        if text in PRESETS:
+            return cls.preset(text, iqa_dir=iqa_dir)
+        return cls({text: 1.0}, iqa_dir=iqa_dir)
 
     @property
     def needs_reference(self):

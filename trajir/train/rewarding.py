@@ -1,19 +1,10 @@
 """The reward of a training config: ``rl.reward`` is a preset (``psnr``, ``fluxir-unified``), one metric, or a
-weighted mix ``"lpips=1, niqe=0.5"`` (trajir.rewards). ``rl.reward_fallback`` names the reward to use instead when
-a learned metric of ``rl.reward`` cannot run here (pyiqa or its weight files missing); the choice is reported."""
-from ..checks import parse_weights
-from ..rewards import PRESETS, Reward
+weighted mix ``"lpips=1, niqe=0.5"`` (``Reward.from_spec``). ``rl.reward_fallback`` names the reward to use instead
+when a learned metric of ``rl.reward`` cannot run here (pyiqa or its weight files missing); the choice is
+reported."""
+from ..rewards import Reward
 from ..rewards.learned import iqa_dirs
 from ..rewards.registry import get_metric
-
-
-def make_reward(spec):
-    spec = spec.strip()
-    if "=" in spec:
-        return Reward(parse_weights(spec, "rl.reward"))
-    if spec in PRESETS:
-        return Reward.preset(spec)
-    return Reward({spec: 1.0})
 
 
 def unavailable_metrics(reward):
@@ -29,10 +20,10 @@ def reward_from_config(cfg):
     the error naming the missing file.
     """
     spec, fallback = cfg["rl.reward"].strip(), cfg["rl.reward_fallback"].strip()
-    reward = make_reward(spec)
+    reward = Reward.from_spec(spec, "rl.reward")
     if not fallback:
         return reward, spec, None
-    backup = make_reward(fallback)
+    backup = Reward.from_spec(fallback, "rl.reward_fallback")
     missing = unavailable_metrics(backup)
     if missing:
         raise ValueError(f"rl.reward_fallback = {fallback!r} must run without learned-metric weights, but "
