@@ -1,7 +1,7 @@
 """Conversions between the predictions a model can make: clean image x0, velocity v, noise eps, score.
 
-Rectified flow (MATH.md §1.2): ``x_t = (1 - t) x0 + t eps`` and ``v = eps - x0``.
-Noise prediction (§1.1): ``x_t = alpha x0 + sigma eps``. Arguments broadcast; no validation (hot paths).
+Rectified flow: ``x_t = (1 - t) x0 + t eps`` and ``v = eps - x0``; noise prediction: ``x_t = alpha x0 + sigma eps``
+(docs/equations.md §1). Arguments broadcast; no validation (hot paths).
 """
 
 
@@ -13,10 +13,6 @@ def rf_x0_from_v(x, v, t):
     return x - t * v
 
 
-def rf_eps_from_v(x, v, t):
-    return x + (1 - t) * v
-
-
 def rf_score_from_v(x, v, t):
     """``grad log p_t(x) = -eps_hat / t = -(x + (1 - t) v) / t``."""
     return -(x + (1 - t) * v) / t
@@ -25,6 +21,3 @@ def rf_score_from_v(x, v, t):
 def vp_x0_from_eps(x, eps, alpha, sigma):
     return (x - sigma * eps) / alpha
 
-
-def vp_eps_from_x0(x, x0, alpha, sigma):
-    return (x - alpha * x0) / sigma

@@ -1,4 +1,4 @@
-"""The modulation network of MATH.md §6.3: ``eta = eta_max * sigmoid(MLP([error, embed(t)]))``.
+"""The modulation network (docs/equations.md §5): ``eta = eta_max * sigmoid(MLP([error, embed(t)]))``.
 
 It chooses how much stochasticity (eta) the M-SDE injects at a branch step, from the reconstruction error of the
 clean estimate there and the time. The error enters as ``log(error + 1e-8)`` because MSEs of restorations span
@@ -6,13 +6,14 @@ several orders of magnitude and a raw MSE near 0 would leave the first layer bli
 """
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .safefiles import read_tagged, write_tagged
+
+KIND = "modulation_mlp"
 
 
 @dataclass
@@ -66,25 +67,12 @@ class ModulationMLP(nn.Module):
         return self.config.eta_max * torch.sigmoid(self.head(self.body(features))[:, 0])
 
     def save(self, path):
-        """Write weights and config as safetensors (atomically: temp file, then rename)."""
-        tmp = f"{path}.tmp"
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, tmp, metadata={"trajir_kind": "modulation_mlp", "config": json.dumps(asdict(self.config))})
-        os.replace(tmp, path)
+        """Write weights and config as a tagged safetensors file (atomically; an existing file is replaced)."""
+        return write_tagged(path, self.state_dict(), KIND, {"config": asdict(self.config)}, overwrite=True)
 
     @classmethod
     def load(cls, path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"modulation network file not found: {path}")
-        try:
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(path)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-        if meta.get("trajir_kind") != "modulation_mlp":
-            raise ValueError(f"{path} does not hold a TrajIR modulation network (metadata trajir_kind is "
-                             f"{meta.get('trajir_kind')!r})")
+        tensors, meta = read_tagged(path, KIND)
         model = cls(ModulationConfig(**json.loads(meta["config"])))
         try:
             model.load_state_dict(tensors)

@@ -1,33 +1,60 @@
-"""Writing and reading the small safetensors files TrajIR exchanges (branches, prompt embeddings): atomic writes,
-a ``trajir_kind`` tag in the metadata, and errors that name the file."""
+"""Writing files atomically, and the small tagged safetensors files TrajIR exchanges (branch records, prompt
+embeddings, the modulation network).
+
+Every file TrajIR writes goes through ``atomic_path``: the bytes go to a temporary file in the target's folder,
+which is renamed over the target only once it is complete, so a reader (or a crash) never sees half a file.
+Tagged files carry a ``trajir_kind`` in their metadata, and reading one back names the file in every error.
+"""
+import contextlib
 import json
 import os
+import tempfile
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 
-def write_tagged(path, tensors, kind, metadata=None, overwrite=False):
-    """Write ``tensors`` to ``path`` atomically (temp file, then rename) with ``trajir_kind = kind``.
-
-    An existing file is never replaced unless ``overwrite`` is True.
-    """
+@contextlib.contextmanager
+def atomic_path(path, overwrite=True):
+    """A temporary path in ``path``'s folder (created if missing) to write to; renamed onto ``path`` when the block
+    completes, removed when it raises. With ``overwrite=False`` an existing ``path`` is refused."""
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
+    if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists already; choose another name or allow overwriting")
-    meta = {"trajir_kind": kind}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_safetensors(path, tensors, metadata=None, overwrite=True):
+    """``tensors`` (moved to the CPU, made contiguous) and string ``metadata`` as a safetensors file, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path, overwrite) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
     return path
+
+
+def write_text(path, text):
+    """``text`` as a UTF-8 file, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
+
+
+def write_tagged(path, tensors, kind, metadata=None, overwrite=False):
+    """Write ``tensors`` to ``path`` atomically with ``trajir_kind = kind``; non-string metadata values are stored
+    as JSON. An existing file is never replaced unless ``overwrite`` is True."""
+    meta = {"trajir_kind": kind}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    return write_safetensors(os.fspath(path), tensors, meta, overwrite)
 
 
 def read_tagged(path, kind):
@@ -50,7 +77,3 @@ def require_keys(path, tensors, keys):
     missing = [k for k in keys if k not in tensors]
     if missing:
         raise ValueError(f"{path} lacks the tensors {missing}")
-
-
-def as_float(value):
-    return float(value.item()) if torch.is_tensor(value) else float(value)

@@ -4,9 +4,7 @@ Pillow decodes; EXIF orientation is applied so a photo is read the way viewers s
 three channels, alpha is dropped (the stored RGB values are kept), palette images are expanded, 16-bit greys are
 scaled by 1/65535. Every failure names the file.
 """
-import os
 import pathlib
-import tempfile
 import warnings
 
 import numpy as np
@@ -14,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..checks import require_finite, require_tensor
+from ..safefiles import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -90,13 +89,6 @@ def write_png(path, image):
     arr = (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8)
     arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
     return path

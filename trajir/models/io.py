@@ -3,18 +3,18 @@
 ``load(path)`` recognises what a file holds from its keys (and, for trajir-written files, the ``trajir_kind`` /
 ``trajir_config`` metadata), builds the matching module on the meta device, checks every key and shape, then
 assigns the tensors, upcast to ``dtype`` (float32 by default; bf16 / fp16 / fp8-e4m3fn files, and ComfyUI's
-"scaled fp8" files, are dequantised). Nothing is unpickled. ``save`` writes atomically (temporary file in the
-same folder, then ``os.replace``).
+"scaled fp8" files, are dequantised). Nothing is unpickled. ``save`` writes atomically
+(``trajir.safefiles.write_safetensors``).
 """
 import json
-import os
 import pathlib
 import struct
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ..safefiles import write_safetensors
 
 from .autoencoder import AutoEncoder, AutoEncoderParams
 from .compact_unet import CompactUNet, CompactUNetConfig
@@ -277,17 +277,10 @@ def save(model: nn.Module, path, metadata=None) -> pathlib.Path:
     if reserved:
         raise ValueError(f"metadata keys {reserved} are written by trajir itself")
     extra.update({META_KIND: kind, META_CONFIG: json.dumps(model.config.to_dict(), sort_keys=True)})
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in file_layout(model, model.state_dict()).items()}
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"folder {str(path.parent)!r} for {path.name!r} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=extra)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_safetensors(path, file_layout(model, model.state_dict()), extra)
     return path
 
 

@@ -8,6 +8,7 @@ from ..data import collate
 from ..distill import select_steps
 from ..grids import grid_from_description
 from ..restoration import Recipe, load_compact
+from ..safefiles import write_text
 from ..trajectory import run_from_lq
 from . import build
 from .distill import cost_analysis
@@ -50,8 +51,7 @@ def analyze_cost(cfg, out_png, max_jumps=6):
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     plot_cost(cost, best, out_png)
     result = {"cost": cost.tolist(), "best_paths": best, "teacher": cfg["run.init"]}
-    with open(os.path.splitext(out_png)[0] + ".json", "w") as f:
-        json.dump(result, f, indent=1)
+    write_text(os.path.splitext(out_png)[0] + ".json", json.dumps(result, indent=1))
     return result
 
 

@@ -13,6 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..safefiles import write_text
+
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -73,10 +75,7 @@ def save_checkpoint(root, step, state, keep_last=3):
 
 
 def _write_latest(root, name):
-    tmp = os.path.join(root, f".latest.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-    os.replace(tmp, os.path.join(root, "latest"))
+    write_text(os.path.join(root, "latest"), name + "\n")
 
 
 def list_checkpoints(root):

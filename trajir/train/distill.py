@@ -15,6 +15,7 @@ from ..data import collate
 from ..distill import cost_matrix_rf, cost_matrix_vp, distillation_reference, select_steps
 from ..models import load
 from ..restoration import Recipe
+from ..safefiles import write_text
 from ..trajectory import run_from_lq
 from . import randomness
 from .restorers import predictor
@@ -86,9 +87,8 @@ class Distill(Stage):
                                   self.cfg["run.batch_size"], self.cfg["run.seed"])
         self.path = student_path(self.cost, self.start, self.cfg["distill.student_steps"])
         if self.env.is_main:
-            os.makedirs(self.cfg["run.out_dir"], exist_ok=True)
-            with open(os.path.join(self.cfg["run.out_dir"], "distill_cost.json"), "w") as f:
-                json.dump({"cost": self.cost.tolist(), "path": self.path}, f)
+            write_text(os.path.join(self.cfg["run.out_dir"], "distill_cost.json"),
+                       json.dumps({"cost": self.cost.tolist(), "path": self.path}))
         return self.path
 
     def recipe(self):

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from ..safefiles import write_text
 from . import build, checkpoint, distributed, randomness
 from .ema import EMA
 from .metrics_log import MetricsLog
@@ -87,8 +88,7 @@ def _train(cfg, resume, env):
         window = dict(state.get("log_window", {}))
     if env.is_main:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.toml"), "w") as f:
-            f.write(cfg.to_toml())
+        write_text(os.path.join(out_dir, "config.toml"), cfg.to_toml())
     log = MetricsLog(out_dir, cfg["run.max_steps"], start, enabled=env.is_main)
     if resume and env.is_main:
         log.message(f"resumed from {folder} at step {start}")

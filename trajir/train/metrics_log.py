@@ -5,6 +5,8 @@ import os
 
 from tqdm.auto import tqdm
 
+from ..safefiles import write_text
+
 
 class MetricsLog:
     def __init__(self, out_dir, total_steps, start_step=0, enabled=True):
@@ -57,10 +59,7 @@ def _drop_entries_after(path, step):
         return
     with open(path) as f:
         rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(rows)
-    os.replace(tmp, path)
+    write_text(path, "".join(rows))
 
 
 def read_metrics(path):

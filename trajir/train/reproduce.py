@@ -10,6 +10,7 @@ import os
 import time
 
 from ..rewards import available
+from ..safefiles import write_text
 from .analysis import analyze_cost, evaluate_file
 from .config import Config
 from .loop import train
@@ -66,11 +67,9 @@ def reproduce(cfg, log=print):
     cost = analyze_cost(Config({**cfg, "run.init": files["rl"]}), os.path.join(cfg["run.out_dir"], "cost_rl.png"))
     summary = {"task": cfg["data.task"], "seed": cfg["run.seed"], "rows": rows, "timings_s": timings,
                "cost_best_paths": cost["best_paths"]}
-    with open(os.path.join(cfg["run.out_dir"], "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_text(os.path.join(cfg["run.out_dir"], "results.json"), json.dumps(summary, indent=1))
     table = markdown_table(rows, metrics)
-    with open(os.path.join(cfg["run.out_dir"], "results.md"), "w") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(cfg["run.out_dir"], "results.md"), table + "\n")
     log(table)
     return rows
 
