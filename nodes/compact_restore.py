@@ -7,8 +7,7 @@ import os
 
 import torch
 
-from ..trajir.restoration import load_compact, restore
-from ..trajir.restore import shipped_models
+from ..trajir.compact import load_compact, restore, shipped_models
 from .comfy_bridge import bchw_to_image, check_interrupt, image_to_bchw
 
 MODEL_FOLDER = "trajir"

@@ -315,7 +315,7 @@ def main(out_dir):
 
     @check("compact_restore")
     def _():
-        from trajir_pack.trajir.restoration import load_compact, restore
+        from trajir_pack.trajir.compact import load_compact, restore
 
         node = ours["TrajIRCompactRestore"]()
         choice = node.INPUT_TYPES()["required"]["model"][0][0]

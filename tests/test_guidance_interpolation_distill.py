@@ -7,8 +7,8 @@ import torch
 
 from closed_form import rf_score, rf_velocity
 from trajir.conversions import rf_score_from_v, rf_x0_from_v, vp_x0_from_eps
-from trajir.distill import (cost_matrix_rf, cost_matrix_vp, distillation_cost, implied_eps, implied_velocity,
-                            select_steps)
+from trajir.distillation import (cost_matrix_rf, cost_matrix_vp, distillation_cost, implied_eps, implied_velocity,
+                                 select_steps)
 from trajir.guidance import ngs_eps, ngs_velocity, ngs_x0
 from trajir.interpolation import lq_initial_state_rf, lq_initial_state_vp, rf_latent_scale_for_lq_weight
 from trajir.sde import rf_msde_step, vp_msde_step

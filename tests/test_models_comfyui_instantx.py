@@ -197,7 +197,7 @@ def _graph(folder):
     from trajir import models as M
     from trajir.grids import RFGrid
     from trajir.models.layers import init_weights_
-    from trajir.restoration import RECIPE_KEY, Recipe
+    from trajir.compact import RECIPE_KEY, Recipe
 
     records = []
     handler = logging.Handler(level=logging.DEBUG)

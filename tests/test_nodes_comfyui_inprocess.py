@@ -139,6 +139,6 @@ def test_compact_restore_runs_the_shipped_restorer_inside_comfyui(results):
     out = _check(results, "compact_restore")
     assert out["choice"].endswith(" (shipped)")
     assert out["shape"] == [2, 64, 64, 3]       # ComfyUI IMAGE layout, the input's size
-    assert out["vs_library"] < 1e-5             # the node is trajir.restoration.restore, image by image (float32
+    assert out["vs_library"] < 1e-5             # the node is trajir.compact.restore, image by image (float32
                                                 # convolutions on other memory layouts round differently)
     assert out["progress_events"] == 2          # one per image

@@ -2,9 +2,9 @@
 import pytest
 
 from conftest import load_pack
+from trajir.compact import load_compact, restore, shipped_models
 from trajir.data import degrade, read_image, sample_split, write_png
-from trajir.restoration import load_compact, restore
-from trajir.restore import main, shipped_models
+from trajir.restore import main
 from trajir.rewards import score
 
 SHIPPED = shipped_models()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from test_train_framework import tiny_config
-from trajir.restoration import Recipe, load_compact, restore
+from trajir.compact import Recipe, load_compact, restore
 from trajir.train.__main__ import main as train_main
 from trajir.train.analysis import analyze_cost, evaluate_file, trajectories
 

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from conftest import REPO, sample_photo
+from trajir.compact import RECIPE_KEY, Recipe
 from trajir.conditioning import save_conditioning
 from trajir.models import (AutoEncoder, AutoEncoderParams, Flux, FluxParams, LQEncoder, WeightFileError,
                            XLabsControlNet, load, lq_alignment_loss, save)
-from trajir.restoration import RECIPE_KEY, Recipe
 from trajir.train import randomness
 from trajir.train.__main__ import main as train_main
 from trajir.train.config import load_config
@@ -23,11 +23,10 @@ from trajir.train.distributed import DistEnv
 from trajir.train.flux_restorer import EXPORT_NAME, FluxIRRestorer
 from trajir.train.fp8 import Float8Linear, quantize_fp8_, storage_bytes
 from trajir.train.latent_cache import latent_cache_plan
-from trajir.train.loop import train
+from trajir.train.loop import build_stage, train
 from trajir.train.lq_encoder_stage import LQEncoderPretrain, LQEncoderRestorer
 from trajir.train.metrics_log import read_metrics
 from trajir.train.pretrain import Pretrain
-from trajir.train.stages import build_stage
 
 TINY_FLUX = ["model.kind=fluxir_controlnet", "flux.size=tiny", "flux.base_dtype=fp32", "run.batch_size=1",
              "data.crop=32", "data.val_crop=32", "sampling.steps=4", "run.val_every=0", "run.log_every=1",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import REPO
+from trajir.compact import RECIPE_KEY, Recipe
 from trajir.models import load
-from trajir.restoration import RECIPE_KEY, Recipe
 from trajir.train import checkpoint
 from trajir.train.__main__ import main as train_main
 from trajir.train.config import load_config, parse_override

@@ -14,21 +14,20 @@ from safetensors.torch import save_file
 
 from conftest import REPO
 from test_train_flux import TINY_FLUX, fixed_batch
+from trajir.compact import RECIPE_KEY, Recipe
 from trajir.models import (AutoEncoder, AutoEncoderParams, Flux, FluxParams, InstantXControlNet, XLabsControlNet,
                            image_ids, instantx_params, load, pack_latents, save, text_ids, xlabs_params)
 from trajir.models.layers import init_weights_
-from trajir.restoration import RECIPE_KEY, Recipe
 from trajir.train import build
 from trajir.train.__main__ import main as train_main
 from trajir.train.config import load_config
 from trajir.train.distributed import DistEnv
 from trajir.train.flux_restorer import FluxIRRestorer
-from trajir.train.loop import train
+from trajir.train.loop import build_stage, train
 from trajir.train.metrics_log import read_metrics
 from trajir.train.pretrain import Pretrain
 from trajir.train.randomness import sample_keys
 from trajir.train.rewarding import reward_from_config
-from trajir.train.stages import build_stage
 
 UPSCALER = REPO / "trajir" / "train" / "configs" / "fluxir_upscaler_rl.toml"
 

@@ -6,9 +6,8 @@ from test_train_flux import flux_config
 from trajir.best_of_n import save_branch
 from trajir.models import FluxParams
 from trajir.train.distributed import DistEnv
-from trajir.train.loop import train
+from trajir.train.loop import build_stage, train
 from trajir.train.metrics_log import read_metrics
-from trajir.train.stages import build_stage
 
 
 def write_records(folder, files=2, winners=True, conditioning=True, hint_size=16):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trajir.data import collate
-from trajir.distill import select_steps
+from trajir.distillation import select_steps
 from trajir.rewards import Reward
 from trajir.train import build
 from trajir.train.distill import Distill, cost_analysis

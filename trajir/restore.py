@@ -12,15 +12,8 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
+from .compact import WEIGHTS, load_compact, restore, shipped_models
 from .data import degrade, read_image, sample_split, write_png
-from .restoration import load_compact, restore
-
-WEIGHTS = pathlib.Path(__file__).resolve().parent / "weights"
-
-
-def shipped_models():
-    """``{task: path}`` of the default restorers shipped with the package."""
-    return {p.stem.removeprefix("compact_"): p for p in sorted(WEIGHTS.glob("compact_*.safetensors"))}
 
 
 def model_path(task=None, model=None):

@@ -13,7 +13,7 @@ from .degrade import TASKS, degrade, task_options
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image, write_png
 from .loader import Loader, collate, evaluation_batches
 from .rng import as_generator, derive_seed
-from .sampler import EpochSampler
+from .order import EpochSampler
 from .samples import sample_images, sample_split
 
 __all__ = [

@@ -6,7 +6,7 @@ keeps the order trivially deterministic. A batch is ``{"lq": [B,3,h,w], "gt": [B
 """
 import torch
 
-from .sampler import EpochSampler
+from .order import EpochSampler
 
 
 def collate(samples):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import require_image_batch, require_same_shape
-from .layers import finite, init_weights_, per_sample, run_block, timestep_embedding
+from .layers import batch_vector, finite, init_weights_, run_block, timestep_embedding
 
 PARAMETERISATIONS = ("rf", "vp")
 
@@ -126,7 +126,7 @@ class SelfAttention2d(nn.Module):
         return x + self.proj(out)
 
 
-class Stage(nn.Module):
+class UNetBlock(nn.Module):
     """One residual block, optionally followed by attention."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, attn: bool):
@@ -159,19 +159,19 @@ class CompactUNet(nn.Module):
         skips, ch = [c], c
         for i, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                self.down.append(Stage(ch, c * mult, emb_dim, g, i in cfg.attn_levels))
+                self.down.append(UNetBlock(ch, c * mult, emb_dim, g, i in cfg.attn_levels))
                 ch = c * mult
                 skips.append(ch)
             if i != len(cfg.channel_mult) - 1:
                 self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
-        self.mid = nn.ModuleList([Stage(ch, ch, emb_dim, g, True), Stage(ch, ch, emb_dim, g, False)])
+        self.mid = nn.ModuleList([UNetBlock(ch, ch, emb_dim, g, True), UNetBlock(ch, ch, emb_dim, g, False)])
 
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i in reversed(range(len(cfg.channel_mult))):
             for _ in range(cfg.num_res_blocks + 1):
-                self.up.append(Stage(ch + skips.pop(), c * cfg.channel_mult[i], emb_dim, g, i in cfg.attn_levels))
+                self.up.append(UNetBlock(ch + skips.pop(), c * cfg.channel_mult[i], emb_dim, g, i in cfg.attn_levels))
                 ch = c * cfg.channel_mult[i]
             if i != 0:
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
@@ -192,7 +192,7 @@ class CompactUNet(nn.Module):
         require_same_shape("x_t", x_t, "lq", lq)
         finite("lq", lq)
         b, _, h, w = x_t.shape
-        t = per_sample("t", t, b, x_t.device)
+        t = batch_vector("t", t, b, x_t.device)
         if not t.is_meta and bool(((t < 0) | (t > 1)).any()):
             raise ValueError(f"t must lie in [0, 1] ({'flow time' if cfg.param == 'rf' else 'sqrt(alpha_bar)'}), "
                              f"got values from {float(t.min())} to {float(t.max())}")

@@ -14,8 +14,8 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from ..checks import require_tensor
-from .layers import (DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, SingleStreamBlock, init_weights_,
-                     per_sample, run_block, timestep_embedding)
+from .layers import (DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, SingleStreamBlock, batch_vector,
+                     init_weights_, run_block, timestep_embedding)
 
 PATCH = 2  # FLUX packs 2x2 latent patches into one token
 KEY_FLUX = "double_blocks.0.img_attn.norm.key_norm.scale"  # ComfyUI's marker key for the FLUX family
@@ -163,12 +163,12 @@ def conditioning_vector(model: nn.Module, timesteps, guidance, y, batch: int, de
     ``guidance`` (BFL raises too); a model without a guidance embedding ignores it.
     """
     params = model.params
-    vec = model.time_in(timestep_embedding(per_sample("timesteps", timesteps, batch, device)).to(dtype))
+    vec = model.time_in(timestep_embedding(batch_vector("timesteps", timesteps, batch, device)).to(dtype))
     if params.guidance_embed:
         if guidance is None:
             raise ValueError("guidance is required by a guidance-distilled (dev) model; pass the distilled "
                              "guidance scale, e.g. 3.5, as a number or a [B] tensor")
-        vec = vec + model.guidance_in(timestep_embedding(per_sample("guidance", guidance, batch, device)).to(dtype))
+        vec = vec + model.guidance_in(timestep_embedding(batch_vector("guidance", guidance, batch, device)).to(dtype))
     if y is None:
         y = torch.zeros(batch, params.vec_in_dim, device=device, dtype=dtype)
     return vec + model.vector_in(y.to(device=device, dtype=dtype))

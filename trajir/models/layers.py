@@ -23,7 +23,7 @@ def finite(name: str, x):
     return require_finite(name, x)
 
 
-def per_sample(name: str, value, batch: int, device) -> Tensor:
+def batch_vector(name: str, value, batch: int, device) -> Tensor:
     """A float, a 0-d tensor or a ``[B]`` tensor as a float32 ``[B]`` tensor."""
     t = torch.as_tensor(value, dtype=torch.float32, device=device)
     if t.ndim == 0:

@@ -4,17 +4,17 @@ import os
 
 import torch
 
+from ..compact import Recipe, load_compact
 from ..data import collate
-from ..distill import select_steps
+from ..distillation import select_steps
 from ..grids import grid_from_description
-from ..restoration import Recipe, load_compact
 from ..safefiles import write_text
 from ..trajectory import run_from_lq
 from . import build
 from .distill import cost_analysis
 from .plots import plot_cost, plot_trajectories
 from .restorers import CompactRestorer, predictor
-from .validate import evaluate
+from .stage_base import evaluate
 
 
 def load_restorer(path, device="cpu"):

@@ -11,10 +11,10 @@ import os
 
 import torch
 
+from ..compact import Recipe
 from ..data import collate
-from ..distill import cost_matrix_rf, cost_matrix_vp, distillation_reference, select_steps
+from ..distillation import cost_matrix_rf, cost_matrix_vp, distillation_reference, select_steps
 from ..models import load
-from ..restoration import Recipe
 from ..safefiles import write_text
 from ..trajectory import run_from_lq
 from . import randomness

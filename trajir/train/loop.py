@@ -1,19 +1,28 @@
 """The training loop shared by every stage: optimiser, accumulation, DDP, logging, checkpoints, validation.
 
 A stage supplies ``loss(batch, keys)``, its trainable parameters, ``after_step`` and any extra state; the loop
-reads top to bottom: build, resume, then for each step accumulate, clip, step, log, save, validate.
+reads top to bottom: build, resume, then for each step accumulate, clip, step, log, save, validate. Also here: the
+stage registry (``run.stage`` and ``model.kind`` -> restorer and stage), the EMA of the trained weights and the
+Ctrl-C / SIGTERM handling.
 """
 import contextlib
+import copy
 import math
 import os
+import signal
 
 import torch
 
 from ..safefiles import write_text
 from . import build, checkpoint, distributed, randomness
-from .ema import EMA
+from .distill import Distill
+from .flux_restorer import FluxIRRestorer
+from .lq_encoder_stage import LQEncoderPretrain, LQEncoderRestorer
 from .metrics_log import MetricsLog
-from .signals import StopRequest
+from .pretrain import Pretrain
+from .records import RecordsRL
+from .restorers import CompactRestorer
+from .rl import RLAlign, RLDistill
 
 MEMORY_HINT = ("out of memory. Options that reduce memory: run.batch_size (with run.grad_accum to keep the "
                "effective batch), data.crop, flux.gradient_checkpointing=true, flux.base_dtype=fp8, "
@@ -33,11 +42,93 @@ def lr_factor(cfg):
     return factor
 
 
-def make_stage(cfg, env):
-    """The restorer (model family) and the stage object for ``run.stage``."""
-    from .stages import build_stage
+STAGES = {"pretrain": Pretrain, "rl": RLAlign, "distill": Distill, "rl+distill": RLDistill}
+KINDS = ("compact", "fluxir_controlnet", "lq_encoder")
 
-    return build_stage(cfg, env)
+
+def build_stage(cfg, env):
+    """The restorer (model family) and the stage object for ``run.stage`` and ``model.kind``."""
+    kind, name = cfg["model.kind"], cfg["run.stage"]
+    if name not in STAGES:
+        raise ValueError(f"run.stage {name!r} is not available; stages: {', '.join(STAGES)}")
+    if kind == "compact":
+        restorer = CompactRestorer(build.build_compact(cfg, cfg["run.init"]), build.build_grid(cfg), env.device)
+    elif kind == "fluxir_controlnet":
+        restorer = FluxIRRestorer.from_config(cfg, env)
+    elif kind == "lq_encoder":
+        if name != "pretrain":
+            raise ValueError(f"model.kind lq_encoder trains with run.stage pretrain only, got {name!r}")
+        restorer = LQEncoderRestorer.from_config(cfg, env)
+        return restorer, LQEncoderPretrain(cfg, restorer, env)
+    else:
+        raise ValueError(f"model.kind {kind!r} is not available; kinds: {', '.join(KINDS)}")
+    if name == "rl" and cfg["rl.records"]:
+        return restorer, RecordsRL(cfg, restorer, env)
+    return restorer, STAGES[name](cfg, restorer, env)
+
+
+class EMA:
+    """Exponential moving average of the trained weights, with the usual warm-up so short runs are not dominated
+    by the initial weights: ``decay_k = min(decay, (1 + k) / (10 + k))``."""
+
+    def __init__(self, module, decay):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()
+                       if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module):
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach().float(), 1 - d)
+
+    def copy_of(self, module):
+        """A copy of ``module`` holding the averaged weights."""
+        out = copy.deepcopy(module)
+        state = out.state_dict()
+        out.load_state_dict({k: self.shadow[k].to(state[k].dtype) if k in self.shadow else v
+                             for k, v in state.items()})
+        return out
+
+    def state_dict(self):
+        return {"updates": self.updates, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state):
+        self.updates = int(state["updates"])
+        missing = set(self.shadow) - set(state["shadow"])
+        if missing:
+            raise ValueError(f"EMA state lacks {sorted(missing)[:5]}")
+        self.shadow = {k: v.clone().float() for k, v in state["shadow"].items()}
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM during training: finish the current step, write a checkpoint, exit. A second Ctrl-C stops
+    at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def train(cfg, resume=None):
@@ -59,7 +150,7 @@ def _train(cfg, resume, env):
     ckpt_root = os.path.join(out_dir, "checkpoints")
     train_set, val_sets = build.build_datasets(cfg)
     loader = build.build_loader(cfg, train_set, env)
-    restorer, stage = make_stage(cfg, env)
+    restorer, stage = build_stage(cfg, env)
     stage.prepare(train_set)
     trained = restorer.trainable()
     if env.enabled:

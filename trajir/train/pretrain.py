@@ -6,7 +6,7 @@ level ``sqrt(alpha_bar)`` drawn between two neighbouring grid levels (SR3), regr
 import torch
 import torch.nn.functional as F
 
-from ..restoration import Recipe
+from ..compact import Recipe
 from . import randomness
 from .stage_base import Stage
 

@@ -11,7 +11,7 @@ from ..data.rng import derive_seed
 
 
 def sample_keys(seed, step, micro, rank, world_size, batch_size):
-    """Keys of this rank's batch: element ``i`` is global element ``i * world_size + rank`` (trajir.data.sampler)."""
+    """Keys of this rank's batch: element ``i`` is global element ``i * world_size + rank`` (trajir.data.order)."""
     return [derive_seed(seed, step, micro, i * world_size + rank) for i in range(batch_size)]
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..best_of_n import CONDITIONING, load_branch
-from ..data.sampler import EpochSampler
-from ..restoration import Recipe
+from ..compact import Recipe
+from ..data.order import EpochSampler
 from .stage_base import Stage
 
 

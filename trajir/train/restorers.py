@@ -6,8 +6,8 @@ the trained module, and to ``decode`` states into images for the reward.
 """
 import torch
 
+from ..compact import to_images, to_state
 from ..grids import grid_from_description
-from ..restoration import to_images, to_state
 from ..trajectory import run_from_lq
 
 

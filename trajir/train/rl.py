@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ..best_of_n import branch, repeat_candidates, select_best
+from ..compact import Recipe
 from ..modulation import ModulationConfig, ModulationMLP
-from ..restoration import Recipe
 from ..trajectory import run, run_from_lq
 from . import randomness
 from .pretrain import training_state

@@ -1,9 +1,13 @@
-"""What every training stage shares: the trained module (or its DDP wrapper), parameters, validation, export,
-no extra state."""
+"""What every training stage shares: the trained module (or its DDP wrapper), parameters, validation (reward
+metrics on the held-out split and a PNG grid of LQ | output | GT), export, no extra state."""
 import os
 
+import torch
+
+from ..data import evaluation_batches, write_png
 from ..models import save
-from .validate import evaluate, validate
+from ..rewards import score
+from .restorers import sample_images
 
 
 class Stage:
@@ -36,7 +40,7 @@ class Stage:
         pass
 
     def validate(self, net, datasets, step):
-        """Held-out metrics ``{"val/<metric>": value}`` of ``net`` (``validate.validate``); called on every rank.
+        """Held-out metrics ``{"val/<metric>": value}`` of ``net`` (``validate``); called on every rank.
 
         Rank 0 scores and writes the grid; the others return ``{}``. When the restorer's forward passes are
         collectives (a base sharded with FSDP), the other ranks run the same passes and drop the result.
@@ -57,3 +61,32 @@ class Stage:
                 or f"{self.restorer.kind}_{self.name.replace('+', '_')}.safetensors")
         path = os.path.join(cfg["run.out_dir"], name)
         return save(net, path, metadata={"trajir_recipe": self.recipe().to_json()})
+
+
+def evaluate(restorer, net, recipe, datasets, metrics, batch_size=2, draws=1, grid_rows=0):
+    """Mean of each metric over every held-out sample (``draws`` degradations per image) and, if ``grid_rows``,
+    a ``[3, H, W]`` image of the first rows ``LQ | output | GT``."""
+    scores = {m: [] for m in metrics}
+    rows = []
+    net.eval()
+    for dataset in datasets:
+        for draw in range(draws):
+            for batch in evaluation_batches(dataset, batch_size, draw=draw):
+                out = sample_images(restorer, net, recipe, batch["lq"], seed=draw).cpu().float()
+                for m in metrics:
+                    scores[m].append(score(m, out, batch["gt"]))
+                for lq, o, gt in zip(batch["lq"], out, batch["gt"]):
+                    if len(rows) < grid_rows:
+                        rows.append(torch.cat([lq, o, gt], dim=-1))
+    means = {m: float(torch.cat(v).mean()) for m, v in scores.items() if v}
+    picture = torch.cat(rows, dim=-2) if rows else None
+    return means, picture
+
+
+def validate(restorer, net, recipe, datasets, cfg, step):
+    metrics = [m.strip() for m in cfg["val.metrics"].split(",") if m.strip()]
+    means, picture = evaluate(restorer, net, recipe, datasets, metrics, cfg["val.batch_size"], cfg["val.draws"],
+                              grid_rows=4 if cfg["val.grid"] else 0)
+    if picture is not None:
+        write_png(os.path.join(cfg["run.out_dir"], "val", f"step_{step:08d}.png"), picture)
+    return {f"val/{m}": v for m, v in means.items()}

@@ -1,4 +1,5 @@
-"""Restoring images with a compact model: the sampling recipe a trained model carries, and tiled inference.
+"""Compact restorers: the sampling recipe a trained model carries, loading one (shipped or trained), and tiled
+restoration with it (the library behind ``python -m trajir.restore`` and the Compact Restore node).
 
 A compact restorer works in pixel space scaled to [-1, 1] and is conditioned on the LQ image. Its recipe says how
 it samples: the grid, the grid indices it visits (all of them for the K-step ODE teacher, a few for a distilled
@@ -6,6 +7,7 @@ student), the LQ weight of the start state (Eq. (17)) and the negative-LQ-guidan
 trainer stores the recipe in the exported file's metadata; ``restore`` reads it back.
 """
 import json
+import pathlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -17,6 +19,7 @@ from .tiling import blend_tiles, check_tiling
 from .trajectory import run_from_lq
 
 RECIPE_KEY = "trajir_recipe"
+WEIGHTS = pathlib.Path(__file__).resolve().parent / "weights"
 
 
 @dataclass
@@ -50,6 +53,11 @@ class Recipe:
     @classmethod
     def from_json(cls, text):
         return cls(**json.loads(text))
+
+
+def shipped_models():
+    """``{task: path}`` of the default restorers shipped with the package (``trajir/weights/``)."""
+    return {p.stem.removeprefix("compact_"): p for p in sorted(WEIGHTS.glob("compact_*.safetensors"))}
 
 
 def load_compact(path, device="cpu"):
