@@ -1,7 +1,7 @@
 """Adapters shared by the nodes: ComfyUI IMAGE <-> ``[B, C, H, W]``, LATENT checks, model-sampling detection,
 SDE / guidance windows, safe paths inside the output folder, the ``iqa`` model folder.
 
-Nothing here imports ComfyUI at module level (COMFYUI.md §4: the pack must import without it); the functions
+Nothing here imports ComfyUI at module level (docs/comfyui.md §1: the pack must import without it); the functions
 that need ``comfy`` / ``folder_paths`` import them when called.
 """
 import math
@@ -15,7 +15,7 @@ IQA_FOLDER = "iqa"
 
 
 def image_to_bchw(name, image):
-    """A ComfyUI IMAGE ``[B, H, W, C]`` (COMFYUI.md §7) as float32 ``[B, 3, H, W]``; an alpha channel is dropped."""
+    """A ComfyUI IMAGE ``[B, H, W, C]`` (docs/comfyui.md §2) as float32 ``[B, 3, H, W]``; an alpha channel is dropped."""
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
         raise ValueError(f"{name} must be a ComfyUI IMAGE [batch, height, width, 1/3/4 channels], got {shape}")
@@ -86,7 +86,7 @@ def window_sigmas(unit, start, end, percent_to_sigma):
 
 
 def check_interrupt():
-    """Raise ComfyUI's interrupt exception if the user pressed Cancel (COMFYUI.md §10)."""
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (docs/comfyui.md §5)."""
     import comfy.model_management
 
     comfy.model_management.throw_exception_if_processing_interrupted()

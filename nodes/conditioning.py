@@ -10,7 +10,7 @@ FLUX_POOLED_DIM = 768
 
 
 def flux_embedding(conditioning):
-    """``(context [T, 4096], pooled [768], guidance)`` of a one-prompt FLUX CONDITIONING (COMFYUI.md §7)."""
+    """``(context [T, 4096], pooled [768], guidance)`` of a one-prompt FLUX CONDITIONING (docs/comfyui.md §2)."""
     if not isinstance(conditioning, list) or not conditioning:
         raise ValueError("conditioning must be a non-empty CONDITIONING list (e.g. from CLIPTextEncode)")
     if len(conditioning) != 1:

@@ -1,6 +1,6 @@
 """TrajIR Negative LQ Guidance: a GUIDER (``comfy.samplers.CFGGuider`` subclass) applying Eq. (19)-(20).
 
-In x0 space negative LQ guidance is parameterisation-free (MATH.md §8): the guided clean estimate is
+In x0 space negative LQ guidance is parameterisation-free (docs/equations.md §8): the guided clean estimate is
 ``(1 + w) x0 - w y`` with ``y`` the LQ latent in model space. ``x0`` is what CFGGuider itself returns
 (``comfy.samplers.sampling_function``: the cond / uncond batch, ComfyUI's pre-CFG hooks, the CFG function and
 the post-CFG hooks), so w = 0 is exactly CFGGuider. The subclass is built on first use, never at import.

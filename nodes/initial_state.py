@@ -1,6 +1,6 @@
 """TrajIR LQ Initial State: start sampling from the LQ latent forward-diffused to the start time, Eq. (17).
 
-ComfyUI's samplers already form ``sigma_0 * noise + (1 - sigma_0) * latent`` (CONST noise scaling, COMFYUI.md §8)
+ComfyUI's samplers already form ``sigma_0 * noise + (1 - sigma_0) * latent`` (CONST noise scaling, docs/comfyui.md §3)
 from the model-space latent. So cutting the schedule at the start and handing the LQ latent over as the latent
 image makes SamplerCustomAdvanced + RandomNoise begin exactly at ``(1 - t_s) E(y) + t_s eps``, with ComfyUI's own
 noise. An LQ weight other than the schedule's ``1 - t_s`` rescales the latent in model space

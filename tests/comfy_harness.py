@@ -1,7 +1,7 @@
 """Helpers for the tests against a real ComfyUI ($COMFYUI_PATH).
 
 - ``inprocess_results(comfy_path, out_dir)`` runs this file in a child process that imports ComfyUI as a library
-  (COMFYUI.md §6.3), builds a tiny FLUX and runs every check of ``tests/comfy_inprocess_checks.py`` against the
+  (docs/comfyui.md §8), builds a tiny FLUX and runs every check of ``tests/comfy_inprocess_checks.py`` against the
   real ``comfy.samplers`` / ``comfy.sample`` code; it returns their results as a dict. A child process keeps
   ComfyUI's global state (and its top-level ``nodes`` module, which shares its name with our ``nodes`` package)
   out of the pytest process.
@@ -119,7 +119,7 @@ class ComfyServer:
 
 
 def ui_to_api(workflow, object_info):
-    """A UI-format workflow (COMFYUI.md §11) as an API prompt, walking each node's ``input_order``.
+    """A UI-format workflow (docs/comfyui.md §6) as an API prompt, walking each node's ``input_order``.
 
     Widget values are taken in order; the extra value after ``control_after_generate`` INTs and after
     ``image_upload`` combos is skipped; frontend-only notes are dropped. No Reroute / Primitive / subgraph support.

@@ -1,6 +1,6 @@
 """Child-process script of the in-process real-ComfyUI tests (run by ``comfy_harness.inprocess_results``).
 
-Imports ComfyUI from $COMFYUI_PATH as a library on the CPU (COMFYUI.md §6.3), loads this pack as ComfyUI would
+Imports ComfyUI from $COMFYUI_PATH as a library on the CPU (docs/comfyui.md §8), loads this pack as ComfyUI would
 (a package with relative imports), builds a tiny random FLUX and a tiny 16-channel VAE, drives our nodes through
 ComfyUI's own node classes (SamplerCustomAdvanced, SamplerCustom, CFGGuider, ...) and prints one JSON line of
 measured numbers and error messages; ``test_nodes_comfyui_inprocess.py`` asserts on them.
@@ -39,7 +39,7 @@ def main(out_dir):
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
     from comfy.cli_args import args
 
-    args.cpu = True  # before comfy.model_management is imported (COMFYUI.md §6.3)
+    args.cpu = True  # before comfy.model_management is imported (docs/comfyui.md §8)
     import comfy.model_management as mm
     import comfy.model_sampling
     import comfy.sample

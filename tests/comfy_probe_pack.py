@@ -1,7 +1,7 @@
-"""Test-only ComfyUI nodes standing in for multi-GB files: a tiny random FLUX (built in-process, COMFYUI.md §6.3),
-a zero FLUX text conditioning (§6.4) and a tiny 16-channel TAESD-layout VAE. Used by the real-ComfyUI tests,
-in-process through ``build_*`` and in the server test as a single-file custom node (linked into a temporary
-``custom_nodes``). Imports ComfyUI only inside functions; pytest never collects it."""
+"""Test-only ComfyUI nodes standing in for multi-GB files: a tiny random FLUX (built in-process,
+docs/comfyui.md §8), a zero FLUX text conditioning (docs/comfyui.md §2) and a tiny 16-channel TAESD-layout VAE.
+Used by the real-ComfyUI tests, in-process through ``build_*`` and in the server test as a single-file custom node
+(linked into a temporary ``custom_nodes``). Imports ComfyUI only inside functions; pytest never collects it."""
 import torch
 
 

@@ -114,7 +114,7 @@ def toy_denoise(x, sigma):
 
 
 def euler_loop(x, sigmas, denoise=toy_denoise):
-    """k-diffusion's sample_euler (COMFYUI.md §8), written out independently."""
+    """k-diffusion's sample_euler (docs/comfyui.md §3), written out independently."""
     for i in range(len(sigmas) - 1):
         d = (x - denoise(x, sigmas[i])) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
@@ -146,7 +146,7 @@ def test_branches_with_eta_0_all_follow_the_ode():
 
 @pytest.mark.parametrize("param, scale", [("rf", 1.0), ("ve", 8.0)])
 def test_a_branch_step_keeps_the_marginal_of_point_mass_data(param, scale):
-    """Point-mass data at c with the exact x0 = c. The rf step is exact at any step size (MATH.md §5.2): it lands on
+    """Point-mass data at c with the exact x0 = c. The rf step is exact at any step size (docs/equations.md §4): it lands on
     ``(1 - t') c + t' eps'``, eps' standard normal. The ve step Eq. (11) is first order: from ``c + s eps`` it gives
     ``c + (s' - eta^2 (s - s')) eps + eta sqrt(s^2 - s'^2) z``. The ODE then ends at c."""
     c = 0.3

@@ -186,7 +186,7 @@ KEY_MESSAGES = ("missing controlnet keys", "unexpected controlnet keys", "unet m
 
 
 def _simple_flux_sigmas(steps, shift=1.15, n=10000):
-    """ComfyUI's "simple" scheduler on ModelSamplingFlux (COMFYUI.md §8), re-derived: every (n/steps)-th of the
+    """ComfyUI's "simple" scheduler on ModelSamplingFlux (docs/comfyui.md §3), re-derived: every (n/steps)-th of the
     n shifted grid points t_k = k/n, from the top, then 0."""
     ts = [(n - int(i * n / steps)) / n for i in range(steps)]
     return [math.exp(shift) / (math.exp(shift) + (1 / t - 1)) for t in ts] + [0.0]

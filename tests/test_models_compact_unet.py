@@ -26,7 +26,7 @@ def test_preset_sizes():
     assert 1.8e6 < n_params(CompactUNetConfig.small()) < 2.5e6
     assert 16e6 < n_params(CompactUNetConfig.medium()) < 19e6
     assert n_params(CompactUNetConfig.tiny()) < 3e5
-    # the medium preset is the paper's LOL-v1 network (MATH.md §9.1) and the default configuration
+    # the medium preset is the paper's LOL-v1 network (docs/equations.md §11) and the default configuration
     assert CompactUNetConfig.medium() == CompactUNetConfig()
 
 

@@ -199,7 +199,7 @@ def test_half_precision_weights_and_io_dtypes(tiny):
 def test_params_inferred_from_keys_match_comfyui_for_real_files_and_shapes_for_tiny_ones(tiny):
     with torch.device("meta"):
         dev_sd, schnell_sd = Flux(FluxParams.dev()).state_dict(), Flux(FluxParams.schnell()).state_dict()
-    # ComfyUI hard-codes these for every FLUX file (COMFYUI.md §6.1)
+    # ComfyUI hard-codes these for every FLUX file (docs/comfyui.md §7)
     assert params_from_state_dict(dev_sd) == FluxParams(
         in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0,
         num_heads=24, depth=19, depth_single_blocks=38, axes_dim=(16, 56, 56), theta=10000, qkv_bias=True,

@@ -1,4 +1,4 @@
-"""ModulationMLP (MATH.md §6.3) and the time grids (§9)."""
+"""ModulationMLP (docs/equations.md §5) and the time grids (docs/equations.md §11)."""
 import math
 
 import pytest
@@ -22,7 +22,7 @@ def test_modulation_starts_at_eta_init_and_stays_in_range():
 
 
 def test_modulation_learns_a_target_eta():
-    # the cross-entropy-method update of §6.3: regress eta_phi towards the best branch's eta
+    # the cross-entropy-method update of docs/equations.md §5: regress eta_phi towards the best branch's eta
     torch.manual_seed(0)
     net = ModulationMLP(ModulationConfig(eta_max=1.0, eta_init=0.5))
     opt = torch.optim.Adam(net.parameters(), lr=2e-2)
@@ -64,7 +64,7 @@ def test_modulation_bad_files_and_config(tmp_path):
 
 
 def test_flux_grid_of_the_fluxir_pipeline():
-    # MATH.md §9.2: 21 steps, image_seq_len 64 -> mu 0.4675, grid 1.0, 0.96962, 0.93813, ..., 0.07390, 0
+    # docs/equations.md §11: 21 steps, image_seq_len 64 -> mu 0.4675, grid 1.0, 0.96962, 0.93813, ..., 0.07390, 0
     assert flux_mu(64) == pytest.approx(0.4675, abs=1e-4)
     grid = flux_schedule(21, image_seq_len=64)
     expect = [1.0, 0.96962, 0.93813, 0.90545, 0.87151, 0.83626, 0.79960, 0.76145, 0.72172, 0.68031, 0.63710,

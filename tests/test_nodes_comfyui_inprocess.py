@@ -1,4 +1,4 @@
-"""The nodes against real ComfyUI code (library mode, COMFYUI.md §6.3): a tiny random FLUX and a tiny 16-channel
+"""The nodes against real ComfyUI code (library mode, docs/comfyui.md §8): a tiny random FLUX and a tiny 16-channel
 VAE, our nodes driven through ComfyUI's own SamplerCustomAdvanced / SamplerCustom / CFGGuider / BasicGuider.
 
 One child process (``comfy_harness.inprocess_results``) imports ComfyUI once and measures everything; the tests

@@ -15,7 +15,7 @@ guider = importlib.import_module("trajir_pack.nodes.guider")
 interpolation = importlib.import_module("trajir_pack.trajir.interpolation")
 
 SIGMAS = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
-FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611  # FLUX's latent format (COMFYUI.md §7)
+FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611  # FLUX's latent format (docs/comfyui.md §2)
 
 
 def linear_percent(p):
@@ -99,7 +99,7 @@ def _process_out(z):
 
 
 def _comfy_start(latent, noise, sigma):
-    """What ComfyUI's CONST sampler forms from a VAE-space latent (COMFYUI.md §8): process_in, then noise scaling."""
+    """What ComfyUI's CONST sampler forms from a VAE-space latent (docs/comfyui.md §3): process_in, then noise scaling."""
     return sigma * noise + (1 - sigma) * _process_in(latent)
 
 

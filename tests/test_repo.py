@@ -93,3 +93,76 @@ def test_a_skipped_comfyui_test_fails_when_comfyui_path_is_set(tmp_path):
 def test_a_comfyui_path_that_is_not_a_checkout_stops_the_run(tmp_path):
     proc = _run_marked_tests(tmp_path, tmp_path / "nowhere")
     assert proc.returncode != 0 and "is not a ComfyUI checkout" in proc.stdout + proc.stderr
+
+
+# --- the docs the code cites, and the layers of docs/architecture.md §2 ---------------------------------------
+
+DOC_CITATION = re.compile(r"docs/([\w-]+)\.md((?:,?\s*§\d+(?:-\d+)?)*)")
+CITING = [p for p in REPO.rglob("*") if p.suffix in {".py", ".md", ".toml", ".json"} and p.is_file()
+          and not any(part.startswith(".") for part in p.relative_to(REPO).parts)
+          and p.relative_to(REPO).parts[:2] != ("tests", "data")]
+
+
+def _sections(doc):
+    return {int(n) for n in re.findall(r"^## (\d+)\. ", (REPO / "docs" / f"{doc}.md").read_text(), re.M)}
+
+
+def test_every_docs_citation_names_a_file_and_a_section_that_exist():
+    cited, broken = 0, []
+    for path in CITING:
+        for match in DOC_CITATION.finditer(path.read_text()):
+            doc = match.group(1)
+            where = f"{path.relative_to(REPO)}: {match.group(0)}"
+            if not (REPO / "docs" / f"{doc}.md").is_file():
+                broken.append(where)
+                continue
+            cited += 1
+            for start, end in re.findall(r"§(\d+)(?:-(\d+))?", match.group(2)):
+                wanted = set(range(int(start), int(end or start) + 1))
+                if not wanted <= _sections(doc):
+                    broken.append(where)
+    assert broken == [] and cited > 50
+
+
+def test_nothing_cites_documents_outside_the_repository():
+    stale = [str(p.relative_to(REPO)) for p in CITING if p.name != "test_repo.py"
+             and re.search(r"\b(MATH|DESIGN|COMFYUI)\.md\b|\.\./shared|/ \"shared\"", p.read_text())]
+    assert stale == []
+
+
+LAYERS = [  # docs/architecture.md §2, lowest first
+    {"checks", "conversions", "schedules", "safefiles", "tiling"},
+    {"sde", "interpolation", "guidance", "distillation"},
+    {"grids", "samplers"},
+    {"trajectory", "best_of_n"},
+    {"models", "rewards", "data", "modulation", "conditioning"},
+    {"compact"},
+    {"restore", "train", "bench", "__main__", "__init__"},
+]
+
+
+def _trajir_imports(path):
+    """The top-level trajir modules that ``path`` (inside trajir/) imports."""
+    import ast
+
+    package = path.relative_to(REPO).with_suffix("").parts[:-1]  # e.g. ("trajir", "train")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[:len(package) - node.level + 1]) + (node.module.split(".") if node.module else [])
+            names = [base] if node.module else [base + [a.name] for a in node.names]
+            found |= {parts[1] for parts in names if len(parts) > 1}
+    return found
+
+
+def test_library_modules_import_only_their_layer_or_lower():
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    top = {p.relative_to(REPO / "trajir").parts[0].removesuffix(".py") for p in (REPO / "trajir").glob("*")
+           if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    assert top == set(layer), f"docs/architecture.md §2 and LAYERS must list every module: {sorted(top ^ set(layer))}"
+    wrong = []
+    for path in (REPO / "trajir").rglob("*.py"):
+        own = path.relative_to(REPO / "trajir").parts[0].removesuffix(".py")
+        wrong += [f"{path.relative_to(REPO)} imports {name}" for name in _trajir_imports(path)
+                  if name != own and layer[name] > layer[own]]
+    assert wrong == []

@@ -23,7 +23,7 @@ def test_rf_eta0_is_exactly_euler():
 
 
 def test_rf_step_is_exact_for_point_mass_data():
-    # x_t = (1-t) x0 + t eps0 with the exact velocity lands on (1-t') x0 + t' eps' (MATH.md §5.2)
+    # x_t = (1-t) x0 + t eps0 with the exact velocity lands on (1-t') x0 + t' eps' (docs/equations.md §4)
     g = _gen(1)
     n = 400_000
     x0, eps0, z = 0.5, torch.randn(1, n, generator=g), torch.randn(1, n, generator=g)
@@ -125,7 +125,7 @@ def test_vp_with_unit_alpha_is_the_ve_step():
 
 
 def test_vp_eta1_is_sde_dpm_solver_1():
-    # eta = 1: x_t = r x - 2 sigma_t (e^h - 1) eps + sigma_t sqrt(e^{2h} - 1) z (MATH.md §4.4)
+    # eta = 1: x_t = r x - 2 sigma_t (e^h - 1) eps + sigma_t sqrt(e^{2h} - 1) z (docs/equations.md §3)
     g = _gen(7)
     x, eps, z = (torch.randn(4, generator=g, dtype=torch.float64) for _ in range(3))
     a_s, s_s = vp_alpha_sigma(0.7)
@@ -137,7 +137,7 @@ def test_vp_eta1_is_sde_dpm_solver_1():
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_vp_msde_preserves_gaussian_marginals(eta):
-    # MATH.md §10(c): linear beta 0.1 -> 20, t: 1 -> 1e-3, 1000 steps, exact eps for N(1.5, 0.5^2) data
+    # docs/equations.md §3 (the VP check): linear beta 0.1 -> 20, t: 1 -> 1e-3, 1000 steps, exact eps for N(1.5, 0.5^2) data
     n, steps = 100_000, 1000
     g = _gen(8)
     ts = torch.linspace(1, 1e-3, steps + 1, dtype=torch.float64).tolist()

@@ -1,4 +1,4 @@
-"""The shipped workflows (``workflows/*.json``): valid UI format (COMFYUI.md §11), every node type known (ours, or
+"""The shipped workflows (``workflows/*.json``): valid UI format (docs/comfyui.md §6), every node type known (ours, or
 ComfyUI core as recorded from a real ComfyUI 0.3.64 in ``tests/data/comfyui-0.3.64-object_info.json``), widget
 values that fit their inputs' types, options and ranges, links between matching types, the model files listed
 where the loaders use them, the paper's task prompts, and a small thumbnail next to each."""
@@ -9,12 +9,11 @@ from conftest import REPO, load_pack
 
 PACK = load_pack()
 CORE = json.loads((REPO / "tests" / "data" / "comfyui-0.3.64-object_info.json").read_text())["nodes"]
-SHARED = REPO.parent / "shared" / "data" / "comfyui-0.3.64-object_info.json"
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # drawn by the frontend, never sent to the server
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROL = {"fixed", "increment", "decrement", "randomize"}
-TASK_PROMPTS = {  # MATH.md §9.2
+TASK_PROMPTS = {  # docs/equations.md §11
     "trajir_super_resolution": "high-resolution, ultra-sharp, detailed",
     "trajir_motion_deblur": "sharp, deblurred, clear",
     "trajir_denoise": "noise-free, clean, smooth",
@@ -75,12 +74,6 @@ def load(path):
 
 def nodes_by_type(workflow, node_type):
     return [n for n in workflow["nodes"] if n["type"] == node_type]
-
-
-def test_the_object_info_copy_matches_the_shared_one():
-    if not SHARED.is_file():
-        pytest.skip(f"{SHARED} is not here (the tests use their own copy)")
-    assert SHARED.read_bytes() == (REPO / "tests" / "data" / SHARED.name).read_bytes()
 
 
 def test_there_is_one_workflow_per_task_and_a_best_of_n_workflow():

@@ -1,4 +1,4 @@
-"""Time grids: FLUX's shifted rectified-flow grid and linear-beta VP schedules (MATH.md §9)."""
+"""Time grids: FLUX's shifted rectified-flow grid and linear-beta VP schedules (docs/equations.md §1, §11)."""
 import math
 
 import torch
@@ -22,7 +22,7 @@ def flux_schedule(num_steps, mu=None, image_seq_len=None):
     """``num_steps + 1`` decreasing times from 1 to 0 on FLUX's shifted grid (float32).
 
     Give ``mu`` or ``image_seq_len`` (the number of 2x2 latent patches); neither gives the unshifted grid.
-    The FLUX-IR pipeline uses 21 steps with image_seq_len 64 (mu = 0.4675), MATH.md §9.2.
+    The FLUX-IR pipeline uses 21 steps with image_seq_len 64 (mu = 0.4675), docs/equations.md §11.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -48,6 +48,6 @@ def linear_beta_alphas_bar(num_steps, beta_start, beta_end):
 
 def vp_grid(alphas_bar):
     """Sampling grid of a discrete VP schedule, noisy to clean: ``(alphas, sigmas)`` of length T + 1 with the
-    clean end ``alpha_bar_{-1} = 1`` appended (MATH.md §1.1, the DDPM index form)."""
+    clean end ``alpha_bar_{-1} = 1`` appended (docs/equations.md §1, the DDPM index form)."""
     a = torch.cat([alphas_bar.double().flip(0), alphas_bar.new_ones(1, dtype=torch.float64)])
     return a.sqrt(), (1 - a).clamp_min(0).sqrt()

@@ -1,6 +1,6 @@
 """Training data: image files, seeded synthetic degradations, datasets, the resumable data order, batches.
 
-See DESIGN.md "Data". Typical use::
+See docs/architecture.md §6. Typical use::
 
     from trajir.data import Loader, SyntheticPairs, TaskMix, sample_split
     train, held_out = sample_split()

@@ -33,7 +33,7 @@ def sr(images, generator, *, scale=4, blur_sigma=(0.2, 3.0), noise_sigma=(1 / 25
     """x``scale`` super-resolution input: Gaussian blur, bicubic down, Gaussian noise, JPEG, bicubic back up.
 
     A one-pass version of Real-ESRGAN's first-order chain (Wang et al. 2021, blur sigma 0.2-3, noise 1-30/255,
-    JPEG 30-95), which MATH.md §9.2 names as FLUX-IR's SR degradation; the result is resized to the input size
+    JPEG 30-95), which docs/equations.md §11 names as FLUX-IR's SR degradation; the result is resized to the input size
     because the restorer maps LQ to HQ at equal size.
     """
     x, dtype, g = begin(images, generator)

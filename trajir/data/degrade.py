@@ -1,6 +1,6 @@
 """The synthetic degradation registry: task name -> seeded function making a low-quality twin of a clean image.
 
-The tasks are FLUX-IR's training mix (MATH.md §9.2; DESIGN.md "Data"). Every function has the signature
+The tasks are FLUX-IR's training mix (docs/equations.md §11; docs/architecture.md §6). Every function has the signature
 ``fn(images [B,3,H,W] 0..1, generator, **ranges) -> lq [B,3,H,W] 0..1`` with ``lq`` at the input size,
 computes in float32 (float64 stays float64) and returns the input's dtype. Parameters and noise are drawn per
 image from a CPU generator and then moved, so a seed gives bit-identical results on every run on one device and

@@ -1,4 +1,4 @@
-"""Models of trajir, in torch + einops, in the file layouts ComfyUI's loaders open (DESIGN.md "Models").
+"""Models of trajir, in torch + einops, in the file layouts ComfyUI's loaders open (docs/architecture.md §5).
 
 | model | class | file layout | ComfyUI loader |
 |---|---|---|---|

@@ -1,4 +1,4 @@
-"""A compact conditional U-Net for task-specific restorers (MATH.md §9.1; the SR3-style network of the paper).
+"""A compact conditional U-Net for task-specific restorers (docs/equations.md §11; the SR3-style network of the paper).
 
 The LQ image is concatenated to the noisy state ``[y, x_t]`` (6 channels in, 3 out). The noise level enters
 through a sinusoidal embedding and an MLP, added inside every residual block. Two parameterisations:
@@ -73,7 +73,7 @@ class CompactUNetConfig:
 
     @classmethod
     def medium(cls, param: str = "rf") -> "CompactUNetConfig":
-        """About 17.9 M parameters: the paper's LOL-v1 U-Net (MATH.md §9.1: width 64, multipliers
+        """About 17.9 M parameters: the paper's LOL-v1 U-Net (docs/equations.md §11: width 64, multipliers
         [1, 1, 2, 2, 4], 2 res blocks, attention at 16 px for 128 px crops)."""
         return cls(base_channels=64, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_levels=(3,),
                    param=param)

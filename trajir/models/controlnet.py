@@ -1,4 +1,4 @@
-"""The FLUX-IR ControlNet in XLabs layout (X-Flux ``src/flux/controlnet.py``; MATH.md §9.2).
+"""The FLUX-IR ControlNet in XLabs layout (X-Flux ``src/flux/controlnet.py``; docs/equations.md §11).
 
 A copy of the base's embedders and first ``depth`` (2) double-stream blocks. The LQ image enters in pixel
 space through ``input_hint_block`` (8x downsampling convs), is packed into 2x2 patches and added to the image

@@ -2,8 +2,8 @@
 
 Follows BFL flux ``src/flux/model.py``: 19 double-stream (MM-DiT) blocks, 38 single-stream blocks, RoPE over
 (t, h, w) position ids, a timestep embedding and, for dev, a distilled-guidance embedding. Latents enter as
-packed 2x2 patches ``[B, h/2 * w/2, 4C]``; the network predicts the velocity ``v = eps - x0`` (DESIGN.md
-"Conventions"). ControlNet residuals are added to the image tokens after the double blocks (see
+packed 2x2 patches ``[B, h/2 * w/2, 4C]``; the network predicts the velocity ``v = eps - x0``
+(docs/equations.md §1). ControlNet residuals are added to the image tokens after the double blocks (see
 ``repeat_residuals``) and, for InstantX / diffusers ControlNets, after the single blocks too (``instantx.py``).
 """
 import dataclasses
@@ -308,7 +308,7 @@ def params_from_state_dict(sd: dict) -> FluxParams:
     """Infer ``FluxParams`` from the keys and shapes of a BFL-layout state dict (prefix already stripped or not).
 
     Block counts, ``in_channels``, ``vec_in_dim`` and ``guidance_embed`` come from the keys as in ComfyUI's
-    ``detect_unet_config`` (COMFYUI.md §6.1). ComfyUI hard-codes the width (3072, 24 heads, T5 4096); here the
+    ``detect_unet_config`` (docs/comfyui.md §7). ComfyUI hard-codes the width (3072, 24 heads, T5 4096); here the
     width, heads (from the QK-norm size), context width, MLP ratio and ``qkv_bias`` are read from shapes, which
     gives ComfyUI's values for real files and also works for narrow test files. The RoPE split is not stored in
     a checkpoint: FLUX's 2:7:7 split is assumed (``default_axes_dim``), giving [16, 56, 56] for real files.

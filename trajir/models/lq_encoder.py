@@ -1,5 +1,5 @@
 """The LQ encoder ``E_LQ``: a copy of the autoencoder's encoder, fine-tuned so that ``E_LQ(y)`` approaches
-``E(x_gt)`` (MATH.md §9.2, the paper's "low-quality encoder"). Its latent is the interpolation anchor of the
+``E(x_gt)`` (docs/equations.md §11, the paper's "low-quality encoder"). Its latent is the interpolation anchor of the
 LQ-initialised starting state, Eq. (17).
 
 File layout: the ``encoder.*`` keys of ``ae.safetensors`` and nothing else, so the weights can also be
@@ -49,7 +49,7 @@ class LQEncoder(nn.Module):
 
 
 def lq_alignment_loss(lq_latent: Tensor, gt_latent: Tensor) -> Tensor:
-    """``mean ||E_LQ(y) - E(x_gt)||^2`` over all latent elements (MATH.md §9.2 [PROPOSAL]).
+    """``mean ||E_LQ(y) - E(x_gt)||^2`` over all latent elements (our reading, docs/equations.md §10).
 
     Both latents in the same (model) space; the target is detached so only the LQ encoder learns.
     Returned in float32 (float64 stays float64).

@@ -1,4 +1,4 @@
-"""Reward metrics for scoring restorations (DESIGN.md "Rewards", MATH.md §6.1).
+"""Reward metrics for scoring restorations (docs/architecture.md §7, docs/equations.md §5).
 
 One registry, one calling convention: ``score(name, images, reference=None, **options)`` takes images
 ``[B, 3, H, W]`` in 0..1 (values outside 0..1 are refused; clamp first) and returns per-image float32 scores

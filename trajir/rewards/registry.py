@@ -3,7 +3,7 @@
 ``metric(images, reference=None, **options) -> [B] float32`` on ``images.device``, with images ``[B, 3, H, W]``
 in 0..1 (values outside are refused, see ``common.py``) and scores in the metric's own units. Each entry states
 whether it needs a reference, whether higher is better, and a normaliser to "about 0..1, higher is better" used to
-mix metrics (MATH.md §6.1). Normalised NaN (NIQE of an image without structure) counts as 0, the worst.
+mix metrics (docs/equations.md §5). Normalised NaN (NIQE of an image without structure) counts as 0, the worst.
 """
 import dataclasses
 import inspect

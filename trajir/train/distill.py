@@ -1,4 +1,4 @@
-"""Stage ``distill``: cost-aware trajectory distillation, Eq. (16)–(18) (MATH.md §7–8).
+"""Stage ``distill``: cost-aware trajectory distillation, Eq. (16)-(18) (docs/equations.md §6-8).
 
 Before training, the teacher's K-step ODE trajectories on a few batches give the jump-cost matrix (Eq. (16)) and
 ``select_steps`` picks the student's M jumps. The student starts at the LQ-interpolated state of its first grid

@@ -1,4 +1,4 @@
-"""The FLUX-IR restorer for training: a trainable ControlNet on a frozen FLUX (MATH.md §9.2).
+"""The FLUX-IR restorer for training: a trainable ControlNet on a frozen FLUX (docs/equations.md §11).
 
 The ControlNet is in one of the two formats ComfyUI's ControlNetLoader opens (``flux.controlnet``): ``xlabs``
 (``XLabsControlNet``, the LQ image as its hint; built from the base, or ``run.init``) or ``instantx``
@@ -13,9 +13,9 @@ base add them after its double blocks (and single blocks, InstantX); the base re
 maps latents to images with the frozen autoencoder. The stages see only this protocol (``restorers.py``), so
 pretrain, rl, distill and rl+distill train the ControlNet unchanged, in either format. The grid is FLUX's
 shifted grid (``sampling.steps``, ``sampling.shift`` = mu); the FLUX-IR pipeline uses 21 steps, mu 0.4675 and
-starts at grid index 1 from the LQ interpolation (MATH.md §9.2, ``distill.start_index = 1``).
+starts at grid index 1 from the LQ interpolation (docs/equations.md §11, ``distill.start_index = 1``).
 
-Memory on one 80 GB GPU (DESIGN.md "Training"): the frozen base is stored in bf16 (``flux.base_dtype``; fp8
+Memory on one 80 GB GPU (docs/architecture.md §6): the frozen base is stored in bf16 (``flux.base_dtype``; fp8
 e4m3fn halves it, ``fp8.py``; fp32 is for tests), the ControlNet keeps fp32 master weights and computes under
 bf16 autocast on CUDA, both recompute their blocks in the backward pass (``flux.gradient_checkpointing``), and
 ``flux.fsdp`` shards the base over several GPUs (``fsdp.py``). Latents can be cached (``latent_cache.py``).

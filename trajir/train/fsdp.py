@@ -1,4 +1,4 @@
-"""``flux.fsdp = true``: shard the frozen FLUX base over the ranks of a torchrun job (DESIGN.md "Training").
+"""``flux.fsdp = true``: shard the frozen FLUX base over the ranks of a torchrun job (docs/architecture.md §6).
 
 torch FSDP2 (``fully_shard``): every double- and single-stream block is one unit and the embedders plus the final
 layer form the root unit. A rank keeps 1/N of each weight and gathers one block's full weights just before the
