@@ -5,8 +5,8 @@ that the pack imports without ComfyUI. Inside ComfyUI, loading the pack register
 (the learned reward metrics' weights).
 """
 from .best_of_n import TrajIRBestOfN
-from .comfy_bridge import register_iqa_folder
-from .compact_restore import TrajIRCompactRestore, register_model_folder
+from .comfy_bridge import IQA_FOLDER, register_model_folder
+from .compact_restore import MODEL_FOLDER, TrajIRCompactRestore
 from .conditioning import TrajIRSaveConditioning
 from .guider import TrajIRNegativeLQGuidance
 from .initial_state import TrajIRLQInitialState
@@ -32,5 +32,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TrajIRCompactRestore": "TrajIR Compact Restore",
 }
 
-register_iqa_folder()
-register_model_folder()
+register_model_folder(IQA_FOLDER)
+register_model_folder(MODEL_FOLDER)

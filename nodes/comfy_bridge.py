@@ -132,23 +132,28 @@ def output_path(name, extension=".safetensors"):
     return resolve_output_path(folder_paths.get_output_directory(), name, extension)
 
 
-def register_iqa_folder():
-    """Register ``models/iqa`` with ComfyUI's folder_paths (the learned-metric weights live there); a no-op when
-    the pack is imported without ComfyUI."""
+def register_model_folder(name):
+    """Register ``models/<name>`` with ComfyUI's folder_paths (``iqa``: the learned-metric weights, ``trajir``: the
+    compact restorers); a no-op returning False when the pack is imported without ComfyUI."""
     try:
         import folder_paths
     except ImportError:
         return False
-    folder_paths.add_model_folder_path(IQA_FOLDER, os.path.join(folder_paths.models_dir, IQA_FOLDER))
+    folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
     return True
 
 
-def iqa_dirs():
-    """The registered ``iqa`` folders (empty outside ComfyUI)."""
+def model_folder_paths(name):
+    """The folders registered for ``name``, registering ``models/<name>`` on first use (empty outside ComfyUI)."""
     try:
         import folder_paths
     except ImportError:
         return []
-    if IQA_FOLDER not in folder_paths.folder_names_and_paths:
-        register_iqa_folder()
-    return folder_paths.get_folder_paths(IQA_FOLDER)
+    if name not in folder_paths.folder_names_and_paths:
+        register_model_folder(name)
+    return folder_paths.get_folder_paths(name)
+
+
+def iqa_dirs():
+    """The registered ``iqa`` folders (empty outside ComfyUI)."""
+    return model_folder_paths(IQA_FOLDER)

@@ -8,31 +8,19 @@ import os
 import torch
 
 from ..trajir.compact import load_compact, restore, shipped_models
-from .comfy_bridge import bchw_to_image, check_interrupt, image_to_bchw
+from .comfy_bridge import bchw_to_image, check_interrupt, image_to_bchw, model_folder_paths
 
 MODEL_FOLDER = "trajir"
 SHIPPED_SUFFIX = " (shipped)"
 
 
-def register_model_folder():
-    """Register ``models/trajir`` with folder_paths (user-trained compact models); a no-op outside ComfyUI."""
-    try:
-        import folder_paths
-    except ImportError:
-        return False
-    folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
-    return True
-
-
 def model_choices():
     """Shipped restorers first (``"lowlight (shipped)"``), then the files in ``models/trajir``."""
     choices = [task + SHIPPED_SUFFIX for task in shipped_models()]
-    try:
-        import folder_paths
-    except ImportError:
+    if not model_folder_paths(MODEL_FOLDER):  # outside ComfyUI
         return choices
-    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
-        register_model_folder()
+    import folder_paths
+
     return choices + [f for f in folder_paths.get_filename_list(MODEL_FOLDER) if f.endswith(".safetensors")]
 
 

@@ -202,7 +202,7 @@ def comfy_models(tmp_path, monkeypatch):
 
 def test_inside_comfyui_learned_metrics_look_in_models_iqa(comfy_models):
     pytest.importorskip("pyiqa", reason="the learned metrics need the optional pyiqa")
-    assert bridge.register_iqa_folder()
+    assert bridge.register_model_folder("iqa")
     assert bridge.iqa_dirs() == [str(comfy_models / "iqa")]
     _, noisy = _photos()
     with pytest.raises(FileNotFoundError, match=r"musiq needs the weight file 'musiq_koniq_ckpt-e95806b9.pth', "
