@@ -15,7 +15,8 @@ IQA_FOLDER = "iqa"
 
 
 def image_to_bchw(name, image):
-    """A ComfyUI IMAGE ``[B, H, W, C]`` (docs/comfyui.md §2) as float32 ``[B, 3, H, W]``; an alpha channel is dropped."""
+    """A ComfyUI IMAGE ``[B, H, W, C]`` (docs/comfyui.md §2) as float32 ``[B, 3, H, W]``; an alpha channel is
+    dropped."""
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
         raise ValueError(f"{name} must be a ComfyUI IMAGE [batch, height, width, 1/3/4 channels], got {shape}")

@@ -146,9 +146,9 @@ def test_branches_with_eta_0_all_follow_the_ode():
 
 @pytest.mark.parametrize("param, scale", [("rf", 1.0), ("ve", 8.0)])
 def test_a_branch_step_keeps_the_marginal_of_point_mass_data(param, scale):
-    """Point-mass data at c with the exact x0 = c. The rf step is exact at any step size (docs/equations.md §4): it lands on
-    ``(1 - t') c + t' eps'``, eps' standard normal. The ve step Eq. (11) is first order: from ``c + s eps`` it gives
-    ``c + (s' - eta^2 (s - s')) eps + eta sqrt(s^2 - s'^2) z``. The ODE then ends at c."""
+    """Point-mass data at c with the exact x0 = c. The rf step is exact at any step size (docs/equations.md §4): it
+    lands on ``(1 - t') c + t' eps'``, eps' standard normal. The ve step Eq. (11) is first order: from ``c + s eps``
+    it gives ``c + (s' - eta^2 (s - s')) eps + eta sqrt(s^2 - s'^2) z``. The ODE then ends at c."""
     c = 0.3
     sigmas = torch.tensor([1.0, 0.9, 0.7, 0.4, 0.0]) * scale
     t = float(sigmas[0])

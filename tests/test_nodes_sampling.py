@@ -99,7 +99,8 @@ def _process_out(z):
 
 
 def _comfy_start(latent, noise, sigma):
-    """What ComfyUI's CONST sampler forms from a VAE-space latent (docs/comfyui.md §3): process_in, then noise scaling."""
+    """What ComfyUI's CONST sampler forms from a VAE-space latent (docs/comfyui.md §3): process_in, then noise
+    scaling."""
     return sigma * noise + (1 - sigma) * _process_in(latent)
 
 

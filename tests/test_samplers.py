@@ -43,7 +43,7 @@ def test_rf_reaches_the_data_distribution(eta):
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ve_reaches_the_data_distribution(eta):
-    # docs/equations.md §3 (the VE check): sigma 20 -> 0.01 geometric, then 0; start from the exact marginal N(mu, s^2 + 400)
+    # docs/equations.md §3: sigma 20 -> 0.01 geometric, then 0; start from the exact marginal N(mu, s^2 + 400)
     n = 100_000
     g = torch.Generator().manual_seed(1)
     sigmas = torch.cat([torch.exp(torch.linspace(math.log(20), math.log(0.01), 500, dtype=torch.float64)),

@@ -137,7 +137,7 @@ def test_vp_eta1_is_sde_dpm_solver_1():
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_vp_msde_preserves_gaussian_marginals(eta):
-    # docs/equations.md §3 (the VP check): linear beta 0.1 -> 20, t: 1 -> 1e-3, 1000 steps, exact eps for N(1.5, 0.5^2) data
+    # docs/equations.md §3: linear beta 0.1 -> 20, t: 1 -> 1e-3, 1000 steps, exact eps for N(1.5, 0.5^2) data
     n, steps = 100_000, 1000
     g = _gen(8)
     ts = torch.linspace(1, 1e-3, steps + 1, dtype=torch.float64).tolist()

@@ -1,8 +1,8 @@
 """``model.kind = "lq_encoder"``, stage ``pretrain``: fine-tune the LQ encoder ``E_LQ`` (docs/equations.md §11).
 
 ``E_LQ`` starts as a copy of the FLUX autoencoder's encoder and learns ``E_LQ(y) ≈ E(x_gt)`` with
-``lq_alignment_loss`` against the frozen encoder ``E`` (our reading, docs/equations.md §10; the paper's code trains it with
-lr 2e-5, bf16). Its latent is the anchor of the LQ-interpolated start, Eq. (17), of the FLUX-IR ControlNet
+``lq_alignment_loss`` against the frozen encoder ``E`` (our reading, docs/equations.md §10; the paper's code
+trains it with lr 2e-5, bf16). Its latent is the anchor of the LQ-interpolated start, Eq. (17), of the FLUX-IR ControlNet
 (``flux.lq_encoder``). Validation reports the latent MSE to ``E(x_gt)`` and the PSNR of ``decode(E_LQ(y))`` against
 the GT image, and writes a PNG grid LQ | decode(E_LQ(LQ)) | GT.
 """
