@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import sample_photo
-from trajir.data import TASKS, degrade, task_options
+from trajir.data import STRENGTH_OPTIONS, TASKS, degrade, degrade_at_strength, strength_options, task_options
 from trajir.data.scattering import depth_proxy
 
 
@@ -21,7 +21,8 @@ def psnr(a, b):
 
 
 # Per-task PSNR band of the default ranges on the two photos: clearly degraded, not destroyed.
-PSNR_BANDS = {"sr": (14, 30), "deblur": (13, 30), "denoise": (14, 34), "lowlight": (3, 15), "derain": (15, 35),
+PSNR_BANDS = {"sr": (14, 30), "deblur": (13, 30), "denoise": (14, 34), "jpeg": (18, 34), "lowlight": (3, 15),
+              "derain": (15, 35),
               "raindrop": (12, 35), "desnow": (10, 32), "underwater": (8, 28), "dehaze": (5, 25)}
 
 
@@ -190,3 +191,35 @@ def test_bad_inputs_are_named(photos):
         degrade("denoise", photos, 0.5)
     with pytest.raises(ValueError, match=r"scale must be an integer in 2..8, got 3.0"):
         degrade("sr", photos, 0, scale=3.0)
+
+
+def test_jpeg_is_kornias_codec_at_the_drawn_quality(photos):
+    lq = degrade("jpeg", photos, 4, quality=25)
+    ref = kornia.enhance.jpeg_codec_differentiable(photos, torch.full((2,), 25.0))
+    assert torch.equal(lq, ref.clamp(0, 1))
+    with pytest.raises(ValueError, match=r"quality must be whole numbers, got \(10.5, 20\)"):
+        degrade("jpeg", photos, 0, quality=(10.5, 20))
+
+
+def test_strength_fixes_each_strength_option_inside_its_range():
+    for task in TASKS:
+        ranges = task_options(task)
+        mild, strong = strength_options(task, 0.0), strength_options(task, 1.0)
+        assert set(mild) == set(STRENGTH_OPTIONS[task]) and set(mild) <= set(ranges)
+        for name, direction in STRENGTH_OPTIONS[task].items():
+            lo, hi = ranges[name]
+            assert (mild[name], strong[name]) == ((lo, hi) if direction > 0 else (hi, lo)), (task, name)
+    assert strength_options("deblur", 0.5) == {"length": 15}  # 14, rounded to the next odd kernel size
+    assert strength_options("denoise", 0.25)["sigma"] == pytest.approx(5 / 255 + 0.25 * 45 / 255)
+    assert strength_options("lowlight", 0.5)["gain"] == pytest.approx(0.2)
+    assert strength_options("jpeg", 0.5) == {"quality": 30}
+    with pytest.raises(ValueError, match=r"strength must be a number in 0..1 \(0 = the mildest degradation of the "
+                                         r"range, 1 = the strongest\), got 1.5"):
+        strength_options("denoise", 1.5)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_stronger_degradation_is_further_from_the_clean_image(task, photos):
+    psnrs = [psnr(degrade_at_strength(task, photos, 3, s), photos).mean() for s in (0.0, 0.5, 1.0)]
+    assert psnrs[0] > psnrs[1] > psnrs[2], f"{task}: {psnrs}"
+    assert torch.equal(degrade_at_strength(task, photos, 3, 0.5), degrade_at_strength(task, photos, 3, 0.5))

@@ -9,7 +9,7 @@ See docs/architecture.md §6. Typical use::
     batch = loader.next_batch()  # {"lq", "gt", "task", "name", "epoch"}
 """
 from .datasets import PairedFolders, SyntheticPairs, TaskMix, split_holdout
-from .degrade import TASKS, degrade, task_options
+from .degrade import STRENGTH_OPTIONS, TASKS, degrade, degrade_at_strength, strength_options, task_options
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image, write_png
 from .loader import Loader, collate, evaluation_batches
 from .rng import as_generator, derive_seed
@@ -17,7 +17,7 @@ from .order import EpochSampler
 from .samples import sample_images, sample_split
 
 __all__ = [
-    "EpochSampler", "IMAGE_EXTENSIONS", "Loader", "PairedFolders", "SyntheticPairs", "TASKS", "TaskMix",
-    "as_generator", "collate", "degrade", "derive_seed", "evaluation_batches", "image_size", "list_images",
-    "read_image", "sample_images", "sample_split", "split_holdout", "task_options", "write_png",
+    "EpochSampler", "IMAGE_EXTENSIONS", "Loader", "PairedFolders", "STRENGTH_OPTIONS", "SyntheticPairs", "TASKS",
+    "TaskMix", "as_generator", "collate", "degrade", "degrade_at_strength", "derive_seed", "evaluation_batches", "image_size", "list_images",
+    "read_image", "sample_images", "sample_split", "split_holdout", "strength_options", "task_options", "write_png",
 ]

@@ -1,4 +1,4 @@
-"""Camera degradations: super-resolution chain, motion blur, sensor noise, low light.
+"""Camera degradations: super-resolution chain, motion blur, sensor noise, low light, JPEG compression.
 
 Each task is ``fn(images [B,3,H,W] 0..1, generator, **ranges) -> lq [B,3,H,W] 0..1`` at the input size; every
 range is ``(low, high)`` (or one number) and each image draws its own parameters from the CPU generator, in a
@@ -74,6 +74,17 @@ def deblur(images, generator, *, length=(7, 21), angle=(0.0, 360.0), direction=(
     out = [kornia.filters.motion_blur(x[i:i + 1], sizes[i], angles[i:i + 1].to(x), directions[i:i + 1].to(x),
                                       border_type="reflect", mode="bilinear") for i in range(b)]
     return finish(torch.cat(out), dtype)
+
+
+def compress(images, generator, *, quality=(10, 50)):
+    """JPEG compression artefacts (blocking, ringing, colour bleeding) at a ``quality`` drawn per image, with
+    kornia's model of the codec (the 8x8 DCT quantisation and 4:2:0 chroma subsampling of baseline JPEG)."""
+    x, dtype, g = begin(images, generator)
+    quality = check_range("quality", quality, 1, 100)
+    if quality != (int(quality[0]), int(quality[1])):
+        raise ValueError(f"quality must be whole numbers, got ({quality[0]:g}, {quality[1]:g})")
+    level = torch.randint(int(quality[0]), int(quality[1]) + 1, (x.shape[0],), generator=g).float()
+    return finish(jpeg(x, level), dtype)
 
 
 def denoise(images, generator, *, sigma=(5 / 255, 50 / 255)):

@@ -1,4 +1,5 @@
 """Crop sizes, up-front size checks, and the seeded random crop and flips applied to every training pair."""
+import math
 import pathlib
 
 import torch
@@ -71,3 +72,31 @@ def random_crop_flip(images, crop, generator, *, hflip=True, vflip=False, shuffl
         img = img.flip(dims) if dims else img.contiguous()
         out.append(img[..., perm, :, :] if perm is not None else img)
     return out
+
+
+MEGAPIXEL = 1024 * 1024  # as ComfyUI's ImageScaleToTotalPixels counts: 1.0 is FLUX's native 1024 x 1024
+
+
+def capped_size(height, width, scale, max_megapixels, multiple=16):
+    """``(H, W)`` of a ``height x width`` image scaled by ``scale``, shrunk (aspect kept) when that would exceed
+    ``max_megapixels`` (units of 1024 x 1024 pixels), then rounded down to multiples of ``multiple`` (at least
+    ``multiple``). It never exceeds the cap, so a x4 upscale of a phone photo cannot ask a diffusion model for a
+    hundred-megapixel pass."""
+    for name, value in (("height", height), ("width", width), ("multiple", multiple)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value in (("scale", scale), ("max_megapixels", max_megapixels)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    limit = max_megapixels * MEGAPIXEL
+    if limit < multiple * multiple:
+        raise ValueError(f"max_megapixels {max_megapixels} is below one {multiple}x{multiple} block")
+    factor = min(float(scale), math.sqrt(limit / (height * width)))
+    out_h = max(multiple, math.floor(height * factor / multiple) * multiple)
+    out_w = max(multiple, math.floor(width * factor / multiple) * multiple)
+    while out_h * out_w > limit:  # the floor at `multiple` can overshoot for extreme aspect ratios
+        if out_h >= out_w:
+            out_h -= multiple
+        else:
+            out_w -= multiple
+    return out_h, out_w
