@@ -5,12 +5,14 @@ that the pack imports without ComfyUI. Inside ComfyUI, loading the pack register
 (the learned reward metrics' weights).
 """
 from .best_of_n import TrajIRBestOfN
+from .capped_scale import TrajIRScaleWithCap
 from .comfy_bridge import IQA_FOLDER, register_model_folder
 from .compact_restore import MODEL_FOLDER, TrajIRCompactRestore
 from .conditioning import TrajIRSaveConditioning
 from .guider import TrajIRNegativeLQGuidance
 from .initial_state import TrajIRLQInitialState
 from .reward import TrajIRRewardScorer
+from .sample_image import TrajIRSampleImage
 from .sampler import TrajIRMSDESampler
 
 NODE_CLASS_MAPPINGS = {
@@ -21,6 +23,8 @@ NODE_CLASS_MAPPINGS = {
     "TrajIRBestOfN": TrajIRBestOfN,
     "TrajIRSaveConditioning": TrajIRSaveConditioning,
     "TrajIRCompactRestore": TrajIRCompactRestore,
+    "TrajIRSampleImage": TrajIRSampleImage,
+    "TrajIRScaleWithCap": TrajIRScaleWithCap,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TrajIRMSDESampler": "TrajIR M-SDE Sampler",
@@ -30,6 +34,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TrajIRBestOfN": "TrajIR Best-of-N Trajectory Aligner",
     "TrajIRSaveConditioning": "TrajIR Save Conditioning",
     "TrajIRCompactRestore": "TrajIR Compact Restore",
+    "TrajIRSampleImage": "TrajIR Sample Image",
+    "TrajIRScaleWithCap": "TrajIR Scale (Pixel Cap)",
 }
 
 register_model_folder(IQA_FOLDER)

@@ -6,6 +6,8 @@ model patches and our negative LQ guidance apply exactly as in SamplerCustomAdva
 ComfyUI's wrapped model to ``trajir.best_of_n.rollout``. The best branch can be saved as a branch record (x at
 t_k and t_k+1, t_k, t_k+1, reward; ``trajir.best_of_n.save_branch``) for ``python -m trajir.train``.
 """
+import math
+
 import torch
 
 from ..trajir.best_of_n import (
@@ -64,6 +66,22 @@ class BranchSampler:
         return final.reshape(-1, *final.shape[2:])
 
 
+BRANCH_AT = ("step", "fraction")
+
+
+def resolve_branch_step(branch_at, branch_step, branch_fraction, steps):
+    """The branch step for a schedule of ``steps`` steps: ``branch_step`` itself (``step``), or
+    ``floor(branch_fraction * steps)`` kept at most ``steps - 2`` (``fraction``), so one setting fits a schedule of
+    any length (0.25 of FLUX-IR's 20 steps is their step 5)."""
+    if branch_at == "step":
+        return branch_step
+    if branch_at != "fraction":
+        raise ValueError(f"branch_at must be one of {BRANCH_AT}, got {branch_at!r}")
+    if not (isinstance(branch_fraction, (int, float)) and 0.0 <= branch_fraction <= 1.0):
+        raise ValueError(f"branch_fraction must lie in [0, 1] (a fraction of the schedule), got {branch_fraction!r}")
+    return max(0, min(math.floor(branch_fraction * steps), steps - 2))
+
+
 def score_table(scores, best, etas):
     """A per-image text table of every candidate's reward; ``*`` marks the best (candidate 0 is the ODE)."""
     lines = ["image  candidate  eta     reward"]
@@ -107,7 +125,7 @@ class TrajIRBestOfN:
                                     "M-SDE at every step but the last."}),
                 "branch_step": ("INT", {"default": 5, "min": 0, "max": 10000,
                                         "tooltip": "The step k that branches (single_step) and whose states are "
-                                                   "saved; at most steps - 2."}),
+                                                   "saved; at most steps - 2. Used when branch_at is step."}),
                 "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
                                   "tooltip": "M-SDE modulation of the branches."}),
                 "eta_mode": (list(ETA_MODES), {"default": "random",
@@ -125,11 +143,19 @@ class TrajIRBestOfN:
                 "filename": ("STRING", {"default": "trajir/branches/branch",
                                         "tooltip": "Record name relative to the output folder; an existing file "
                                                    "is never overwritten (a _00001 counter is added)."}),
+                "branch_at": (list(BRANCH_AT), {"default": "step",
+                              "tooltip": "step: branch at branch_step; fraction: at floor(branch_fraction * "
+                                         "steps), at most steps - 2, so a shorter schedule still fits."}),
+                "branch_fraction": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 1.0, "step": 0.01,
+                                              "tooltip": "Where to branch, as a fraction of the schedule's steps, "
+                                                         "when branch_at is fraction (0.25 of 20 steps is step "
+                                                         "5)."}),
             },
         }
 
     def run(self, guider, noise, sigmas, latent_image, vae, reward, candidates, mode, branch_step, eta, eta_mode,
-            batch_size, reference=None, save_branch=False, filename="trajir/branches/branch"):
+            batch_size, reference=None, save_branch=False, filename="trajir/branches/branch", branch_at="step",
+            branch_fraction=0.25):
         import comfy.model_management
         import comfy.sample
         import comfy.samplers
@@ -138,6 +164,7 @@ class TrajIRBestOfN:
         etas = candidate_etas(candidates, eta, eta_mode, seed)
         if mode not in BRANCH_MODES:
             raise ValueError(f"mode must be one of {BRANCH_MODES}, got {mode!r}")
+        branch_step = resolve_branch_step(branch_at, branch_step, branch_fraction, len(sigmas) - 1)
         check_branch_step(branch_step, len(sigmas) - 1)
         samples = latent_samples("latent_image", latent_image, model_latent_channels(guider.model_patcher))
         if "noise_mask" in latent_image:

@@ -31,12 +31,17 @@ def bchw_to_image(x):
     return x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().contiguous()
 
 
-def latent_samples(name, latent, channels=None):
-    """The ``samples`` tensor ``[B, C, h, w]`` of a LATENT dict, checked against the model's latent channels."""
+def latent_samples(name, latent, channels=None, frames=False):
+    """The ``samples`` tensor of a LATENT dict, checked against the model's latent channels: ``[B, C, h, w]``, or
+    with ``frames`` also the video-VAE layout ``[B, C, T, h, w]`` (Qwen-Image and Wan latents, T = 1 for an
+    image)."""
     if not isinstance(latent, dict) or not torch.is_tensor(latent.get("samples")):
         raise ValueError(f"{name} must be a LATENT (a dict with a 'samples' tensor), got {type(latent).__name__}")
     samples = latent["samples"]
-    if samples.ndim != 4:
+    if frames and samples.ndim not in (4, 5):
+        raise ValueError(f"{name} must hold image latents [batch, channels, height, width] or video-VAE latents "
+                         f"[batch, channels, frames, height, width], got shape {tuple(samples.shape)}")
+    if not frames and samples.ndim != 4:
         raise ValueError(f"{name} must hold image latents [batch, channels, height, width], got shape "
                          f"{tuple(samples.shape)}")
     if channels is not None and samples.shape[1] != channels:

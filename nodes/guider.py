@@ -22,7 +22,7 @@ def lq_for_batch(lq, x):
     if x.shape[0] % lq.shape[0]:
         raise ValueError(f"lq_latent holds {lq.shape[0]} latents, which does not divide the sampled batch of "
                          f"{x.shape[0]}; give one LQ latent or one per image")
-    return lq.repeat(x.shape[0] // lq.shape[0], 1, 1, 1)
+    return lq.repeat(x.shape[0] // lq.shape[0], *([1] * (x.ndim - 1)))
 
 
 def window_weights(w, sigma, sigma_high, sigma_low):
@@ -100,7 +100,7 @@ class TrajIRNegativeLQGuidance:
         }
 
     def get_guider(self, model, positive, negative, lq_latent, cfg, w, window="percent", start=0.0, end=1.0):
-        lq = latent_samples("lq_latent", lq_latent, model_latent_channels(model))
+        lq = latent_samples("lq_latent", lq_latent, model_latent_channels(model), frames=True)
         if not math.isfinite(w) or w < 0:
             raise ValueError(f"w must be finite and >= 0, got {w}")
         guider = guider_class()(model)

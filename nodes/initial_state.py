@@ -83,7 +83,7 @@ class TrajIRLQInitialState:
         }
 
     def run(self, model, lq_latent, sigmas, start_mode, start_step, start_sigma, lq_weight=-1.0):
-        samples = latent_samples("lq_latent", lq_latent, model_latent_channels(model))
+        samples = latent_samples("lq_latent", lq_latent, model_latent_channels(model), frames=True)
         cut = cut_schedule(sigmas, start_mode, start_step, start_sigma)
         out = dict(lq_latent)
         if lq_weight >= 0:

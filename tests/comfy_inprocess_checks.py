@@ -261,10 +261,72 @@ def main(out_dir):
         out["absolute_error"] = _error(lambda: run(save_branch=True, filename="/tmp/escape"))
         out["reference_error"] = _error(lambda: run(reference=None))
         out["branch_step_error"] = _error(lambda: run(branch_step=4))
+        fraction_table = run(branch_step=99, branch_at="fraction", branch_fraction=0.5, save_branch=True,
+                             filename="trajir/branches/fraction")[3]
+        fraction_record = load_branch(fraction_table.rsplit("saved ", 1)[-1].strip())
+        out["fraction_record_t"] = float(fraction_record["t"][0])
+        out["fraction_record_t_next"] = float(fraction_record["t_next"][0])
+        out["fraction_error"] = _error(lambda: run(branch_at="fraction", branch_fraction=1.5))
         lq_small = {"samples": vae.encode(clean[:, :48, :48])}
         small_guider = ours["TrajIRNegativeLQGuidance"]().get_guider(model, positive, negative, lq_small, 1.0, 0.1)[0]
         out["lq_size_error"] = _error(lambda: run(guider=small_guider))
         return out
+
+    @check("video_latents")
+    def _():
+        """LQ Initial State, Negative LQ Guidance and the M-SDE Sampler on 5-D [B, C, 1, h, w] latents (Qwen-Image,
+        Wan 2.1 latent format) through SamplerCustomAdvanced."""
+        qwen = probe.build_tiny_qwen_image(0)
+        text = [[torch.randn(1, 4, 64, generator=torch.Generator().manual_seed(2)), {}]]
+        lq5 = {"samples": torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5}
+        y5 = qwen.model.process_latent_in(lq5["samples"])
+        sig5 = ncs.BasicScheduler().get_sigmas(qwen, "simple", 4, 1.0)[0]
+        seen = {}
+
+        def record(model_k, x, sig, extra_args=None, callback=None, disable=None):
+            seen["x"] = x.clone()
+            return x
+
+        def one_shot(model_k, x, sig, extra_args=None, callback=None, disable=None):
+            return model_k(x, sig[0] * x.new_ones([x.shape[0]]), **extra_args)
+
+        basic = ncs.BasicGuider().get_guider(qwen, text)[0]
+        latent, cut = ours["TrajIRLQInitialState"]().run(qwen, lq5, sig5, "step", 1, 0.97)
+        advanced(basic, comfy.samplers.KSAMPLER(record), cut, latent, 3)
+        t = float(cut[0])
+        noise = comfy.sample.prepare_noise(lq5["samples"], 3)
+        node = ours["TrajIRNegativeLQGuidance"]()
+        w = 0.5
+        sig = torch.tensor([1.0, 0.0])
+        shot = comfy.samplers.KSAMPLER(one_shot)
+        x0_cfg = qwen.model.process_latent_in(advanced(node.get_guider(qwen, text, text, lq5, 1.0, 0.0)[0], shot, sig,
+                                                       lq5))
+        x0_ngs = qwen.model.process_latent_in(advanced(node.get_guider(qwen, text, text, lq5, 1.0, w)[0], shot, sig,
+                                                       lq5))
+        guider = node.get_guider(qwen, text, text, lq5, 1.0, 0.05)[0]
+        sde = msde.get_sampler(0.5, "constant", "percent", 0.0, 1.0, 1.0)[0]
+        sampled = advanced(guider, sde, cut, latent, 4)
+        return {
+            "latent_shape": list(latent["samples"].shape), "eq17": diff(seen["x"], (1 - t) * y5 + t * noise),
+            "ngs_vs_formula": diff(x0_ngs, (1 + w) * x0_cfg - w * y5), "ngs_vs_cfg": diff(x0_ngs, x0_cfg),
+            "sampled_shape": list(sampled.shape), "sampled_finite": bool(torch.isfinite(sampled).all()),
+            "rank3_error": _error(lambda: ours["TrajIRLQInitialState"]().run(
+                qwen, {"samples": torch.zeros(16, 8, 8)}, sig5, "step", 1, 0.97)),
+        }
+
+    @check("scale_with_cap")
+    def _():
+        from trajir_pack.trajir.data.transforms import capped_size
+
+        node = ours["TrajIRScaleWithCap"]()
+        image = clean[:, :48, :40]                                      # IMAGE [1, 48, 40, 3]
+        free = node.scale(image, 2.0, 1.0, "bicubic")[0]
+        capped = node.scale(image, 4.0, 0.01, "lanczos")[0]             # 10486 pixels at most
+        reference = comfy.utils.common_upscale(image.movedim(-1, 1), 80, 96, "bicubic", "disabled").movedim(1, -1)
+        return {"free_shape": list(free.shape), "capped_shape": list(capped.shape),
+                "expected_capped": list(capped_size(48, 40, 4.0, 0.01)),
+                "free_vs_comfy": diff(free, reference.clamp(0, 1)),
+                "method_error": _error(lambda: node.scale(image, 2.0, 1.0, "bislerp"))}
 
     @check("interrupt")
     def _():

@@ -1,7 +1,8 @@
 """Test-only ComfyUI nodes standing in for multi-GB files: a tiny random FLUX (built in-process,
-docs/comfyui.md §8), a zero FLUX text conditioning (docs/comfyui.md §2) and a tiny 16-channel TAESD-layout VAE.
-Used by the real-ComfyUI tests, in-process through ``build_*`` and in the server test as a single-file custom node
-(linked into a temporary ``custom_nodes``). Imports ComfyUI only inside functions; pytest never collects it."""
+docs/comfyui.md §8), a zero FLUX text conditioning (docs/comfyui.md §2) and a tiny 16-channel TAESD-layout VAE; and a
+tiny Qwen-Image (5-D video-VAE latents) for the in-process checks. Used by the real-ComfyUI tests, in-process through
+``build_*`` and in the server test as a single-file custom node (linked into a temporary ``custom_nodes``). Imports
+ComfyUI only inside functions; pytest never collects it."""
 import torch
 
 
@@ -30,6 +31,38 @@ def build_tiny_flux(seed=0, hidden_size=64, num_heads=2, context_dim=4096, poole
         else:
             state[key] = torch.randn(value.shape, generator=generator) * 0.05
     model.diffusion_model.load_state_dict(state, strict=True)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def _randomised(module, generator):
+    """A state dict for ``module`` with random weights (norm scales 1, biases 0): ComfyUI skips initialisation."""
+    state = {}
+    for key, value in module.state_dict().items():
+        if key.endswith(".scale") or (key.endswith(".weight") and value.ndim == 1):
+            state[key] = torch.ones(value.shape)
+        elif key.endswith(".bias"):
+            state[key] = torch.zeros(value.shape)
+        else:
+            state[key] = torch.randn(value.shape, generator=generator) * 0.05
+    return state
+
+
+def build_tiny_qwen_image(seed=0, text_dim=64):
+    """A Qwen-Image-architecture ModelPatcher (one block, width 32, random weights): rectified flow on the Wan 2.1
+    latent format, whose latents are 5-D ``[B, 16, T, h, w]``. Its conditioning is ``[1, tokens, text_dim]``."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    config = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 1,
+              "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": text_dim,
+              "axes_dims_rope": (4, 6, 6)}
+    model_config = comfy.model_detection.model_config_from_unet_config(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "")
+    model.diffusion_model.load_state_dict(_randomised(model.diffusion_model, torch.Generator().manual_seed(seed)),
+                                          strict=True)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 

@@ -115,6 +115,34 @@ def test_best_of_n_bad_input_errors(results):
     assert "full-reference metric" in out["reference_error"]
     assert out["branch_step_error"].startswith("branch_step must lie in [0, 3]")
     assert "lq_latent has shape (1, 16, 6, 6) but the latent being sampled has shape" in out["lq_size_error"]
+    assert out["fraction_error"] == "branch_fraction must lie in [0, 1] (a fraction of the schedule), got 1.5"
+
+
+def test_best_of_n_branches_at_a_fraction_of_any_schedule(results):
+    out = _check(results, "best_of_n")
+    steps = len(out["cut"]) - 1  # 5: branch_fraction 0.5 is step floor(2.5) = 2 (branch_step 99 is ignored)
+    assert steps == 5
+    assert (out["fraction_record_t"], out["fraction_record_t_next"]) == (out["cut"][2], out["cut"][3])
+
+
+def test_our_nodes_take_5d_video_vae_latents(results):
+    """Qwen-Image / Wan latents [B, C, 1, h, w]: Eq. (17), Eq. (20) and a full M-SDE run, through ComfyUI."""
+    out = _check(results, "video_latents")
+    assert out["latent_shape"] == [1, 16, 1, 8, 8]
+    assert out["eq17"] < 1e-5
+    assert out["ngs_vs_formula"] < 1e-5 and out["ngs_vs_cfg"] > 1e-3
+    assert out["sampled_shape"] == [1, 16, 1, 8, 8] and out["sampled_finite"]
+    assert out["rank3_error"].startswith("lq_latent must hold image latents [batch, channels, height, width] or "
+                                         "video-VAE latents [batch, channels, frames, height, width], got shape "
+                                         "(16, 8, 8)")
+
+
+def test_scale_with_cap_resizes_with_comfyui_and_never_exceeds_the_cap(results):
+    out = _check(results, "scale_with_cap")
+    assert out["free_shape"] == [1, 96, 80, 3] and out["free_vs_comfy"] == 0.0
+    # x4 of 48 x 40 would be 192 x 160 = 30720 pixels; the cap of 0.01 MP (10486 pixels) shrinks it to 112 x 80
+    assert out["capped_shape"] == [1, 112, 80, 3] and out["expected_capped"] == [112, 80]
+    assert out["method_error"].startswith("upscale_method must be one of")
 
 
 def test_an_interrupt_stops_within_one_model_call(results):

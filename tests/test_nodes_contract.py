@@ -16,6 +16,8 @@ EXPECTED = {
     "TrajIRBestOfN": ("TrajIR Best-of-N Trajectory Aligner", ("LATENT", "IMAGE", "IMAGE", "STRING")),
     "TrajIRSaveConditioning": ("TrajIR Save Conditioning", ("STRING",)),
     "TrajIRCompactRestore": ("TrajIR Compact Restore", ("IMAGE",)),
+    "TrajIRSampleImage": ("TrajIR Sample Image", ("IMAGE", "IMAGE")),
+    "TrajIRScaleWithCap": ("TrajIR Scale (Pixel Cap)", ("IMAGE",)),
 }
 SOCKETS = {"MODEL", "LATENT", "SIGMAS", "CONDITIONING", "GUIDER", "NOISE", "VAE", "IMAGE", "TRAJIR_REWARD"}
 
@@ -84,6 +86,10 @@ def test_input_types_are_as_documented():
         "MODEL", "CONDITIONING", "CONDITIONING", "LATENT", "FLOAT", "FLOAT"]
     best = get("TrajIRBestOfN")
     assert best["required"]["candidates"][1]["min"] == 1
+    assert best["optional"]["branch_at"][0] == ["step", "fraction"] and best["optional"]["branch_fraction"][0] == "FLOAT"
+    assert list(get("TrajIRSampleImage")["required"]) == ["photo", "task", "strength", "seed", "size", "downscale"]
+    assert get("TrajIRSampleImage")["optional"]["image"][0] == "IMAGE"
+    assert list(get("TrajIRScaleWithCap")["required"]) == ["image", "scale_by", "max_megapixels", "upscale_method"]
     assert best["required"]["reward"][0] == "TRAJIR_REWARD" and best["optional"]["reference"][0] == "IMAGE"
     scorer = get("TrajIRRewardScorer")
     assert scorer["required"]["metric"][0][:3] == ["fluxir-unified", "psnr", "custom"]

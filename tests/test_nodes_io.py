@@ -1,5 +1,6 @@
-"""Node adapters that run without ComfyUI: IMAGE conversion, safe output paths, Save Conditioning, the Reward
-Scorer and the Best-of-N score table. ComfyUI's ``folder_paths`` is replaced by a stand-in module naming a
+"""Node adapters that run without ComfyUI: IMAGE conversion, LATENT checks (4-D and 5-D), safe output paths, Save
+Conditioning, the Reward Scorer, the Best-of-N score table and its relative branch step, Sample Image and the LQ
+Initial State on video-VAE latents. ComfyUI's ``folder_paths`` is replaced by a stand-in module naming a
 temporary output folder."""
 import importlib
 import math
@@ -48,6 +49,13 @@ def test_latent_checks():
         bridge.latent_samples("lq", torch.zeros(1, 4, 2, 2))
     with pytest.raises(ValueError, match=r"lq must hold image latents \[batch, channels, height, width\]"):
         bridge.latent_samples("lq", {"samples": torch.zeros(1, 16, 2, 2, 2)})
+    video = {"samples": torch.zeros(1, 16, 1, 2, 2)}  # Qwen-Image / Wan VAE: [B, C, T, h, w]
+    assert bridge.latent_samples("lq", video, 16, frames=True).shape == (1, 16, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"lq has 4 channels but the model expects 16 \(shape \(1, 4, 1, 2, 2\)\)"):
+        bridge.latent_samples("lq", {"samples": torch.zeros(1, 4, 1, 2, 2)}, 16, frames=True)
+    with pytest.raises(ValueError, match=r"or video-VAE latents \[batch, channels, frames, height, width\], got shape "
+                                         r"\(16, 2, 2\)"):
+        bridge.latent_samples("lq", {"samples": torch.zeros(16, 2, 2)}, 16, frames=True)
 
 
 def test_output_paths_stay_inside_and_never_overwrite(tmp_path):
@@ -218,3 +226,74 @@ def test_best_of_n_score_table_marks_the_best_per_image():
     assert rows[1] == ["0", "ode", "0.000", "0.5"] and rows[2] == ["0", "1", "0.800", "0.7", "*"]
     assert rows[4] == ["1", "ode", "0.000", "0.2", "*"]
     assert sum(r[-1] == "*" for r in rows) == 2
+
+
+@pytest.mark.parametrize("steps, fraction, expected", [(20, 0.25, 5), (4, 0.25, 1), (3, 0.25, 0), (5, 1.0, 3),
+                                                       (2, 0.9, 0), (21, 0.0, 0)])
+def test_best_of_n_branch_step_as_a_fraction_fits_any_schedule(steps, fraction, expected):
+    assert best_of_n.resolve_branch_step("fraction", 99, fraction, steps) == expected
+    assert best_of_n.resolve_branch_step("step", 7, fraction, steps) == 7  # the absolute step is passed on
+    with pytest.raises(ValueError, match=r"branch_fraction must lie in \[0, 1\]"):
+        best_of_n.resolve_branch_step("fraction", 0, -0.1, steps)
+    with pytest.raises(ValueError, match=r"branch_at must be one of \('step', 'fraction'\), got 'percent'"):
+        best_of_n.resolve_branch_step("percent", 0, 0.5, steps)
+
+
+def test_sample_image_gives_the_bundled_photo_and_its_degradation():
+    from trajir_pack.trajir.data import degrade_at_strength
+    from trajir_pack.trajir.data.samples import load_sample
+
+    node = PACK.NODE_CLASS_MAPPINGS["TrajIRSampleImage"]()
+    lq, gt = node.run("coffee", "underwater", 0.7, 5, 0, 1)
+    assert lq.shape == gt.shape == (1, 256, 384, 3) and lq.dtype == torch.float32
+    expected = degrade_at_strength("underwater", load_sample("coffee"), 5, 0.7)
+    assert torch.allclose(lq, expected.permute(0, 2, 3, 1), atol=1e-6)
+    small, full = node.run("astronaut", "sr", 0.5, 0, 192, 4)
+    assert small.shape == (1, 48, 48, 3) and full.shape == (1, 192, 192, 3)
+    own = torch.rand(2, 40, 50, 3)
+    lq, gt = node.run("coffee", "none", 0.5, 0, 0, 1, own)  # a connected image replaces the photo
+    assert torch.equal(lq, gt) and torch.equal(gt, own[:, 4:36, 1:49])
+
+
+def test_sample_image_offers_every_photo_and_task():
+    required = PACK.NODE_CLASS_MAPPINGS["TrajIRSampleImage"].INPUT_TYPES()["required"]
+    from trajir_pack.trajir.data import TASKS
+    from trajir_pack.trajir.data.samples import sample_names
+
+    assert required["photo"][0] == sample_names() and required["task"][0] == ["none", *TASKS]
+
+
+class _LatentFormat:
+    latent_channels = 16
+
+    @staticmethod
+    def process_in(z):
+        return (z - 0.1) * 2.0
+
+    @staticmethod
+    def process_out(z):
+        return z / 2.0 + 0.1
+
+
+class _Model:
+    def get_model_object(self, name):
+        assert name == "latent_format"
+        return _LatentFormat()
+
+
+def test_lq_initial_state_takes_video_vae_latents():
+    node = PACK.NODE_CLASS_MAPPINGS["TrajIRLQInitialState"]()
+    samples = torch.randn(2, 16, 1, 4, 4)
+    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.0])
+    latent, cut = node.run(_Model(), {"samples": samples}, sigmas, "step", 1, 0.97)
+    assert latent["samples"] is samples and torch.equal(cut, sigmas[1:])
+
+
+def test_negative_lq_guidance_tiles_5d_lq_latents_to_the_batch():
+    guider = importlib.import_module("trajir_pack.nodes.guider")
+    lq = torch.randn(1, 16, 1, 4, 4)
+    tiled = guider.lq_for_batch(lq, torch.zeros(3, 16, 1, 4, 4))
+    assert tiled.shape == (3, 16, 1, 4, 4) and torch.equal(tiled[2], lq[0])
+    with pytest.raises(ValueError, match=r"lq_latent has shape \(1, 16, 1, 4, 4\) but the latent being sampled has "
+                                         r"shape \(3, 16, 1, 8, 8\)"):
+        guider.lq_for_batch(lq, torch.zeros(3, 16, 1, 8, 8))
