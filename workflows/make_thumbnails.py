@@ -1,7 +1,8 @@
-"""Writes the template-browser thumbnail ``<workflow>.jpg`` next to each workflow: a bundled sample photo, its
-left half degraded with the workflow's synthetic task (``trajir.data.degrade``), the task name on top.
+"""Writes the template-browser thumbnail ``<workflow>.jpg`` next to each workflow of the catalogue in
+``build_workflows.py``: a bundled sample photo, its left half degraded with the workflow's synthetic task
+(``trajir.data.degrade``), the workflow's title on top.
 
-Run from the repository root: ``python workflows/make_thumbnails.py``.
+Run from the repository root after ``build_workflows.py``: ``python workflows/make_thumbnails.py``.
 """
 import pathlib
 import sys
@@ -13,20 +14,10 @@ from PIL import Image, ImageDraw
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from build_workflows import CATALOGUE
 from trajir.data.degrade import degrade
 from trajir.data.samples import FOLDER
 
-# workflow -> (title, degradation task, sample photo)
-THUMBNAILS = {
-    "trajir_super_resolution": ("Super-resolution", "sr", "astronaut"),
-    "trajir_motion_deblur": ("Motion deblur", "deblur", "rocket"),
-    "trajir_denoise": ("Denoise", "denoise", "chelsea"),
-    "trajir_low_light": ("Low-light", "lowlight", "coffee"),
-    "trajir_derain": ("Raindrop / rain streaks", "derain", "rocket"),
-    "trajir_desnow": ("Desnow", "desnow", "astronaut"),
-    "trajir_underwater": ("Underwater", "underwater", "coffee"),
-    "trajir_best_of_n": ("Best-of-N alignment", "deblur", "chelsea"),
-}
 SIZE = (384, 256)
 
 
@@ -44,16 +35,16 @@ def thumbnail(title, task, photo, seed=0):
     draw = ImageDraw.Draw(image)
     draw.line([(SIZE[0] // 2, 0), (SIZE[0] // 2, SIZE[1])], fill=(255, 255, 255), width=2)
     draw.rectangle([(0, 0), (SIZE[0], 22)], fill=(20, 20, 20))
-    draw.text((6, 5), f"TrajIR - {title}", fill=(255, 255, 255))
+    draw.text((6, 5), title, fill=(255, 255, 255))
     draw.text((6, SIZE[1] - 16), "LQ", fill=(255, 255, 255))
     draw.text((SIZE[0] // 2 + 6, SIZE[1] - 16), "clean", fill=(255, 255, 255))
     return image
 
 
 def main():
-    for name, (title, task, photo) in THUMBNAILS.items():
+    for name, _, _, (task, photo), _ in CATALOGUE:
         path = HERE / f"{name}.jpg"
-        thumbnail(title, task, photo).save(path, quality=85, optimize=True)
+        thumbnail(name, task, photo).save(path, quality=85, optimize=True)
         print(f"{path.name}: {path.stat().st_size // 1024} KB")
 
 
