@@ -25,6 +25,7 @@ REPO = TESTS.parent
 MARKER = "TRAJIR_RESULTS "
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
+SEED_NAMES = ("seed", "noise_seed")  # INT widgets the frontend gives a control_after_generate widget by name
 
 
 def inprocess_results(comfy_path, out_dir, timeout=600):
@@ -121,8 +122,9 @@ class ComfyServer:
 def ui_to_api(workflow, object_info):
     """A UI-format workflow (docs/comfyui.md §6) as an API prompt, walking each node's ``input_order``.
 
-    Widget values are taken in order; the extra value after ``control_after_generate`` INTs and after
-    ``image_upload`` combos is skipped; frontend-only notes are dropped. No Reroute / Primitive / subgraph support.
+    Widget values are taken in order; the extra value after ``control_after_generate`` INTs (those whose options
+    ask for it, and, as the frontend does, INTs named seed or noise_seed) and after ``image_upload`` combos is
+    skipped; frontend-only notes are dropped. No Reroute / Primitive / subgraph support.
     """
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
@@ -139,7 +141,8 @@ def ui_to_api(workflow, object_info):
             kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
             if (isinstance(kind, list) or kind in WIDGET_TYPES) and values:
                 inputs[name] = values.pop(0)
-                if options.get("control_after_generate") or options.get("image_upload"):
+                if options.get("control_after_generate") or options.get("image_upload") or (
+                        kind == "INT" and name in SEED_NAMES):
                     values.pop(0)
             if name in linked:
                 link = links[linked[name]]

@@ -102,3 +102,21 @@ def tiny_pretrained(tmp_path_factory):
     cfg = tiny_config(out, "run.max_steps=30", "optim.lr=1e-3", "run.export=model.safetensors")
     assert train(cfg) == "done"
     return out / "model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One real ComfyUI server (``main.py --cpu``) for the whole session, its base folder a temporary one."""
+    from comfy_harness import ComfyServer
+
+    with ComfyServer(comfyui_path(), tmp_path_factory.mktemp("comfy_base")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def comfy_model_files(comfy_server):
+    """The random-weight model files the FLUX workflows load (``tiny_model_files.py``), written once per session
+    into the shared server's models folder (ComfyUI rereads a folder whose contents changed)."""
+    from tiny_model_files import write_model_files
+
+    return write_model_files(comfyui_path(), comfy_server.base / "models")
