@@ -138,9 +138,13 @@ def test_flux_workflow_runs_with_random_weights_and_shows_a_score(comfy_server, 
         assert find(prompt, "TrajIRMSDESampler")
         (table,) = tables
         assert [row["image"] for row in score_rows(table)] == [0, 1]  # the input and the restored image
+    candidates = {k for k in find(prompt, "PreviewImage")  # the previews of Best-of-N's "candidates" output
+                  if prompt[prompt[k]["inputs"]["images"][0]]["class_type"] == "TrajIRBestOfN"
+                  and prompt[k]["inputs"]["images"][1] == 2}
     for key in find(prompt, "SaveImage") + find(prompt, "PreviewImage"):
-        (image,) = entry["outputs"][key]["images"]
-        assert image["filename"].endswith(".png")
+        images = entry["outputs"][key]["images"]
+        assert len(images) == (1 + TEST_BRANCHES if key in candidates else 1), (prompt[key], images)
+        assert all(image["filename"].endswith(".png") for image in images)
 
 
 def test_the_test_changes_to_a_flux_workflow_are_only_the_documented_ones(object_info):
