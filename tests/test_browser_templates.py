@@ -33,7 +33,8 @@ def _missing():
         return "needs Chromium: apt-get install chromium, or set CHROMIUM to its executable"
     found = subprocess.run([node, "-e", "require.resolve('playwright-core')"], capture_output=True, cwd=TESTS)
     if found.returncode != 0:
-        return "needs the npm package playwright-core: npm install playwright-core, then set NODE_PATH to its node_modules"
+        return ("needs the npm package playwright-core: npm install playwright-core, then set NODE_PATH to its "
+                "node_modules")
     return None
 
 

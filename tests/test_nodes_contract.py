@@ -86,7 +86,8 @@ def test_input_types_are_as_documented():
         "MODEL", "CONDITIONING", "CONDITIONING", "LATENT", "FLOAT", "FLOAT"]
     best = get("TrajIRBestOfN")
     assert best["required"]["candidates"][1]["min"] == 1
-    assert best["optional"]["branch_at"][0] == ["step", "fraction"] and best["optional"]["branch_fraction"][0] == "FLOAT"
+    assert best["optional"]["branch_at"][0] == ["step", "fraction"]
+    assert best["optional"]["branch_fraction"][0] == "FLOAT"
     assert list(get("TrajIRSampleImage")["required"]) == ["photo", "task", "strength", "seed", "size", "downscale"]
     assert get("TrajIRSampleImage")["optional"]["image"][0] == "IMAGE"
     assert list(get("TrajIRScaleWithCap")["required"]) == ["image", "scale_by", "max_megapixels", "upscale_method"]

@@ -41,8 +41,10 @@ MODELS = {
         f"{HF}/Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro/resolve/main/diffusion_pytorch_model.safetensors",
         "controlnet"),
 }
+KONTEXT_MODEL = "flux1-dev-kontext_fp8_scaled.safetensors"
 FLUXIR_CONTROLNET = "trajir_fluxir_controlnet.safetensors"  # trained with python -m trajir.train: no download
-UPSCALER, UNION = "jasperai-Flux.1-dev-Controlnet-Upscaler.safetensors", "Shakker-Labs-FLUX.1-dev-ControlNet-Union-Pro.safetensors"
+UPSCALER = "jasperai-Flux.1-dev-Controlnet-Upscaler.safetensors"
+UNION = "Shakker-Labs-FLUX.1-dev-ControlNet-Union-Pro.safetensors"
 
 # ComfyUI's SetUnionControlNetType offers the SDXL union's names (comfy/cldm/control_types.py) and passes their
 # index straight to the ControlNet's mode embedding; the FLUX Union models number their modes canny 0, tile 1,
@@ -241,7 +243,8 @@ def files_note(*names):
 def build_sr(g):
     cap = int(PIXEL_CAP * 1024 * 1024)
     build_controlnet_restore(
-        g, "sr", "astronaut", UPSCALER, None, 0.6, "", 4.0, 4, "niqe", "trajir/sr_flux", f"""## Super-resolution x4 - FLUX.1-dev + jasperai Upscaler ControlNet
+        g, "sr", "astronaut", UPSCALER, None, 0.6, "", 4.0, 4, "niqe", "trajir/sr_flux",
+        f"""## Super-resolution x4 - FLUX.1-dev + jasperai Upscaler ControlNet
 
 **TrajIR Sample Image** shrinks a bundled photo 4 times after a real-world degradation (blur, noise, JPEG);
 **TrajIR Scale (Pixel Cap)** scales it x4 with Lanczos but **never beyond {PIXEL_CAP:g} megapixel** (1024 x 1024 =
@@ -273,7 +276,8 @@ gray 5, low quality 6 (Union-Pro model card). So for FLUX: **tile = option `{UNI
 def union_workflow(g, task, photo, mode, prompt, prefix, heading, what):
     option = UNION_OPTION_FOR_MODE[mode]
     build_controlnet_restore(
-        g, task, photo, UNION, option, 0.6, prompt, 1.0, 1, "niqe", prefix, f"""## {heading} - FLUX.1-dev + Union ControlNet ({mode} mode)
+        g, task, photo, UNION, option, 0.6, prompt, 1.0, 1, "niqe", prefix,
+        f"""## {heading} - FLUX.1-dev + Union ControlNet ({mode} mode)
 
 **TrajIR Sample Image** {what}; **TrajIR Scale (Pixel Cap)** keeps it at its size unless it exceeds
 {PIXEL_CAP:g} megapixel (1024 x 1024), then shrinks it to that. The Shakker-Labs Union-Pro ControlNet in its
@@ -329,7 +333,7 @@ KONTEXT_INSTRUCTIONS = {
 def kontext_workflow(g, task, photo, heading, what):
     metric = "uciqe" if task == "underwater" else "niqe"
     better = "higher" if metric == "uciqe" else "lower"
-    model, clip, vae = flux_loaders(g, "flux1-dev-kontext_fp8_scaled.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors")
+    model, clip, vae = flux_loaders(g, KONTEXT_MODEL, "t5xxl_fp8_e4m3fn_scaled.safetensors")
     pair = sample_input(g, 0, photo, task)
     sized = g.add("FluxKontextImageScale", 1, links={"image": pair.out("lq")})
     encoded = g.add("VAEEncode", 1, links={"pixels": sized, "vae": vae}, title="Encode the input")
@@ -356,7 +360,7 @@ instruction to taste; Kontext follows plain imperative sentences.
 
 {SAMPLING_NOTE.format(start=1, steps=28)}
 
-{files_note("flux1-dev-kontext_fp8_scaled.safetensors", "clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors", "ae.safetensors")}
+{files_note(KONTEXT_MODEL, "clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors", "ae.safetensors")}
 
 **GPU memory, counted from the weights:** FLUX.1 Kontext dev 11.9 GB in this fp8 file, T5-XXL 4.9 GB in fp8
 (needed only to encode the instruction), the VAE 0.2 GB; ComfyUI offloads what does not fit, more slowly.

@@ -26,7 +26,8 @@ def load_pack():
     """This repository imported as a ComfyUI pack package (as ComfyUI imports ``custom_nodes/<folder>``)."""
     name = "trajir_workflow_pack"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -204,8 +205,8 @@ class Graph:
         column_x = self._column_x()
         nodes = []
         for node in self.nodes:
-            item = {"id": node.id, "type": node.type, "pos": [column_x[node.column], node.pos[1]], "size": node.size, "flags": {},
-                    "order": order[node.id], "mode": 0, "inputs": inputs_of[node.id], "outputs": []}
+            item = {"id": node.id, "type": node.type, "pos": [column_x[node.column], node.pos[1]], "size": node.size,
+                    "flags": {}, "order": order[node.id], "mode": 0, "inputs": inputs_of[node.id], "outputs": []}
             if node.type in FRONTEND_NOTES:
                 item.update(properties={}, widgets_values=[node.note], **NOTE_COLOURS)
             else:

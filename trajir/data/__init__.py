@@ -18,6 +18,7 @@ from .samples import sample_images, sample_split
 
 __all__ = [
     "EpochSampler", "IMAGE_EXTENSIONS", "Loader", "PairedFolders", "STRENGTH_OPTIONS", "SyntheticPairs", "TASKS",
-    "TaskMix", "as_generator", "collate", "degrade", "degrade_at_strength", "derive_seed", "evaluation_batches", "image_size", "list_images",
+    "TaskMix", "as_generator", "collate", "degrade", "degrade_at_strength", "derive_seed", "evaluation_batches",
+    "image_size", "list_images",
     "read_image", "sample_images", "sample_split", "split_holdout", "strength_options", "task_options", "write_png",
 ]

@@ -7,7 +7,6 @@ in this folder gives the source and licence of each file. ``sample_pair`` turns 
 import math
 import pathlib
 
-import torch
 import torch.nn.functional as F
 
 from ...checks import require_finite, require_image_batch
