@@ -1,5 +1,5 @@
 """The shipped workflows (``workflows/*.json``), checked without ComfyUI: the catalogue builds exactly the shipped
-files, valid UI format (COMFYUI.md §11), every node type known (ours, or ComfyUI core as recorded from a real
+files, valid UI format (docs/comfyui.md §6), every node type known (ours, or ComfyUI core as recorded from a real
 ComfyUI 0.3.64 in ``tests/data/comfyui-0.3.64-object_info.json``), widget values that fit their inputs, links
 between matching types, every model file listed with a download the frontend's Missing Models dialog accepts (and
 the same URL as ComfyUI's own templates where they share a file), the FLUX-IR ControlNet listed nowhere, the
@@ -28,7 +28,7 @@ ALLOWED_SUFFIXES = (".safetensors", ".sft")
 FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "control_net_name"}
 FLUXIR_CONTROLNET = "trajir_fluxir_controlnet.safetensors"
 FLUX_UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "low quality": 6}  # cards
-PAPER_PROMPTS = {  # MATH.md §9.2
+PAPER_PROMPTS = {  # docs/equations.md §11
     "super-resolution": "high-resolution, ultra-sharp, detailed", "motion deblur": "sharp, deblurred, clear",
     "denoise": "noise-free, clean, smooth", "low light": "bright, clear, vivid",
     "derain": "remove rain streaks, dehaze, improve visibility", "desnow": "remove snowflakes, snow-free",

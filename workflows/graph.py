@@ -1,4 +1,4 @@
-"""A small builder for ComfyUI UI-format workflows (litegraph ``version 0.4``, COMFYUI.md §11), used by
+"""A small builder for ComfyUI UI-format workflows (litegraph ``version 0.4``, docs/comfyui.md §6), used by
 ``build_workflows.py``.
 
 Node definitions come from a real ComfyUI 0.3.64's ``/object_info`` (the copy in ``tests/data/``) and from this
