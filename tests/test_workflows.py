@@ -15,7 +15,6 @@ from conftest import REPO, comfyui_path, load_pack
 
 PACK = load_pack()
 CORE = json.loads((REPO / "tests" / "data" / "comfyui-0.3.64-object_info.json").read_text())["nodes"]
-SHARED = REPO.parent / "shared" / "data" / "comfyui-0.3.64-object_info.json"
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # drawn by the frontend, never sent to the server
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -135,12 +134,6 @@ def upstream(workflow, node_id):
                 seen.add(origin)
                 todo.append(origin)
     return seen
-
-
-def test_the_object_info_copy_matches_the_shared_one():
-    if not SHARED.is_file():
-        pytest.skip(f"{SHARED} is not here (the tests use their own copy)")
-    assert SHARED.read_bytes() == (REPO / "tests" / "data" / SHARED.name).read_bytes()
 
 
 def test_the_catalogue_builds_exactly_the_shipped_files():
