@@ -25,6 +25,16 @@ def build_grid(cfg):
     return VPGrid.linear(cfg["sampling.steps"], cfg["sampling.beta_start"], cfg["sampling.beta_end"])
 
 
+def split_files(cfg):
+    """``(training files, held-out files)`` of a clean-image config (``data.clean_dir`` or the bundled samples)."""
+    files = list_images(cfg["data.clean_dir"], "data.clean_dir") if cfg["data.clean_dir"] else sample_images()
+    return split_holdout(files, cfg["data.holdout"]) if cfg["data.holdout"] else (files, [])
+
+
+def held_out_files(cfg):
+    return split_files(cfg)[1]
+
+
 def build_datasets(cfg):
     """``(train dataset, [validation datasets])``; every file is checked here, before training starts."""
     seed, crop, holdout = cfg["run.seed"], cfg["data.crop"] or None, cfg["data.holdout"]
@@ -38,8 +48,7 @@ def build_datasets(cfg):
         val = [PairedFolders(cfg["data.paired_dir"], crop=val_crop, seed=seed + 1, names=val_names, hflip=False)]
         val = val if val_names else []
     else:
-        files = list_images(cfg["data.clean_dir"], "data.clean_dir") if cfg["data.clean_dir"] else sample_images()
-        train_files, val_files = split_holdout(files, holdout) if holdout else (files, [])
+        train_files, val_files = split_files(cfg)
         tasks = parse_task_mix(cfg["data.task"])
         train = [(SyntheticPairs(train_files, task, seed=seed, crop=crop, shuffle_channels=shuffle), w)
                  for task, w in tasks]

@@ -74,6 +74,16 @@ DEFAULTS = {
         "modulation_lr": 1e-3,
         "target": "branch",         # branch: the winner's state (Eq. (15)); noise: the ODE step + the winner's noise
         "gt_weight": 0.0,           # optional anchor: weight of the flow-matching loss on GT pairs
+        "final_weight": 0.0,        # optional anchor: MSE of the trained model's whole ODE output against the GT,
+                                    # backpropagated through every step (the released task-specific code's anchor)
+        "align_weight": 1.0,        # weight of the alignment term, Eq. (15) (0 with an anchor: the anchors-only control)
+        "mode": "branch",           # branch: one M-SDE branch step on the ODE trajectory (Algorithm 1); throughout:
+                                    # Best-of-N at every eligible step of one M-SDE trajectory that follows the winners
+        "select": "best",           # best: regress onto the argmax of the N + 1 candidates (Algorithm 1);
+                                    # advantage: onto the ODE step + the group-normalised reward-weighted mean of
+                                    # the N branches' deviations (every sample contributes)
+        "eta_update": "winner",     # modulation network: winner (regress onto the winning eta), advantage (onto the
+                                    # reward-weighted mean eta offset: no drift when eta does not matter), none
         "records": "",              # FLUX: a folder of Best-of-N branch records from ComfyUI to learn from instead
     },
     "distill": {
@@ -108,6 +118,12 @@ DEFAULTS = {
         "distill_lr": 5e-5,
         "eval_draws": 16,           # degradations drawn per held-out photo in the final table
     },
+    "eval": {                       # evaluate / reproduce: held-out units and bootstrap (trajir.train.evaluation)
+        "crops": 6,                 # seeded crop windows (data.val_crop px) per held-out photo
+        "draws": 8,                 # degradations (each with its own sampling noise) per crop
+        "extra_photos": True,       # add the bundled evaluation photos when training on the bundled samples
+        "resamples": 10000,         # bootstrap resamples of the 95 % intervals
+    },
     "val": {
         "batch_size": 2,
         "draws": 4,                 # degradations drawn per held-out image (synthetic data)
@@ -126,6 +142,9 @@ CHOICES = {
     "flux.size": ("dev", "tiny"),
     "flux.controlnet": ("xlabs", "instantx"),
     "rl.target": ("branch", "noise"),
+    "rl.select": ("best", "advantage"),
+    "rl.mode": ("branch", "throughout"),
+    "rl.eta_update": ("winner", "advantage", "none"),
 }
 
 
@@ -219,7 +238,8 @@ def load_config(path=None, overrides=()):
             value = text.split("=", 1)[1].strip()
         cfg[key] = _coerce(key, value, f"--set {text}")
     for key in ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every",
-                "run.keep_last", "sampling.steps", "rl.branches", "distill.student_steps", "val.batch_size", "val.draws"):
+                "run.keep_last", "sampling.steps", "rl.branches", "distill.student_steps", "val.batch_size", "val.draws",
+                "eval.crops", "eval.draws", "eval.resamples"):
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     return cfg
