@@ -9,7 +9,13 @@ cross-entropy-method update, docs/equations.md §5). Only the ranking of rewards
 
 ``explore`` is Algorithm 1 steps 1-5 (``rollout``, ``branch_positions``, ``branch_etas``, then the branches of
 ``trajir.best_of_n`` finished by ``finish`` and ranked by ``select_best``), ``targets`` the regression targets of
-``rl.target`` and ``loss`` Eq. (15) with the eta update and the optional anchor.
+``rl.target`` and ``loss`` Eq. (15) with the eta update and the optional anchors.
+
+Options (``rl.*`` in ``trajir.train.config``): ``mode = "throughout"`` runs Best-of-N at every eligible step of one
+M-SDE trajectory that continues from each step's winner (``explore_throughout``); ``select = "advantage"``
+regresses onto the ODE step plus the group-normalised reward-weighted mean of the branches' deviations instead of
+the argmax; ``eta_update`` chooses how the modulation network learns; ``final_weight`` and ``gt_weight`` add the
+released code's anchors, and ``align_weight = 0`` keeps the anchors alone (the control for them).
 """
 import copy
 from dataclasses import dataclass
@@ -20,7 +26,7 @@ import torch.distributed as dist
 from ..best_of_n import branch, repeat_candidates, select_best
 from ..compact import Recipe
 from ..modulation import ModulationConfig, ModulationMLP
-from ..trajectory import run, run_from_lq
+from ..trajectory import run, run_from_lq, take_rows
 from . import randomness
 from .pretrain import training_state
 from .restorers import predictor
@@ -40,6 +46,23 @@ class Exploration:
     etas: torch.Tensor        # [N + 1, B] eta of every candidate (0 for the ODE)
     eta_net: torch.Tensor     # [B] the modulation network's eta (with grad), or None with a fixed eta
     error: torch.Tensor       # [B] reconstruction error e_k of the clean estimate at k
+    x_start: torch.Tensor = None  # [B, ...] the trajectory's start state (for the final-output anchor)
+
+
+def group_advantage(scores):
+    """``[N, B]`` rewards of the N branches of each sample -> ``(r - mean) / std`` over the branches (GRPO-style),
+    0 for a sample whose branches all score alike."""
+    mean = scores.mean(0, keepdim=True)
+    std = scores.std(0, unbiased=False, keepdim=True)
+    return torch.where(std > 0, (scores - mean) / std.clamp_min(1e-12), torch.zeros_like(scores))
+
+
+def advantage_target(x_next, advantages):
+    """The ODE step ``x_next[0]`` plus the advantage-weighted mean deviation of the N branches ``x_next[1:]``:
+    a zeroth-order estimate of the reward's ascent direction at ``t_{k+1}``, in place of the argmax."""
+    deviation = x_next[1:] - x_next[:1]
+    weights = advantages.reshape(*advantages.shape, *([1] * (deviation.ndim - 2))).to(deviation)
+    return x_next[0] + (weights * deviation).mean(0)
 
 
 class RLAlign(Stage):
@@ -148,7 +171,7 @@ class RLAlign(Stage):
                                        ode_index=0)
         x_next = torch.cat([ode_next[None], self.targets(grid, x_k, pred_k, a, c, etas, branches, ode_next)])
         etas = torch.cat([torch.zeros(1, b, device=device), etas])
-        return Exploration(position, x_k, x_next, images, scores, best, etas, eta_net, error), s
+        return Exploration(position, x_k, x_next, images, scores, best, etas, eta_net, error, ode.states[0]), s
 
     def targets(self, grid, x_k, pred_k, a, c, etas, branches, ode_next):
         """The regression targets of the branches ``[N, B, ...]``: their states (``rl.target = "branch"``, Eq. (15)),
@@ -160,29 +183,127 @@ class RLAlign(Stage):
 
     # --- Eq. (15) ---------------------------------------------------------------------------------------------
 
+    def ode_step(self, net, x, a, c, s):
+        """``Phi(x)``: one guided ODE jump ``a -> c`` (per-sample indices) of ``net``."""
+        pred = self.restorer.grid.guide(predictor(self.restorer, net)(x, a, s["cond"]), x, s["lq"], a, self.ngs_w)
+        return self.restorer.grid.jump(x, pred, a, c)
+
+    def ode_output(self, net, x, s):
+        """The whole guided ODE along the sampling path from ``x`` with ``net``, with gradients (BPTT)."""
+        return run(self.restorer.grid, self.path, x, predictor(self.restorer, net), s["cond"], lq=s["lq"],
+                   ngs_w=self.ngs_w).final
+
+    def alignment_target(self, e):
+        """``(target [B, ...], weight [B])`` of Eq. (15): the winner (``rl.select = "best"``; weight 0 where the
+        ODE won) or the advantage-weighted target (``"advantage"``; weight 0 where all branches tied)."""
+        rows = torch.arange(e.best.shape[0], device=e.best.device)
+        if self.cfg["rl.select"] == "advantage":
+            advantages = group_advantage(e.scores[1:])
+            return advantage_target(e.x_next, advantages).detach(), (advantages.abs().sum(0) > 0).float()
+        return e.x_next[e.best, rows].detach(), (e.best > 0).float()
+
+    def eta_target(self, e):
+        """``(target [B], weight [B])`` of the modulation network's regression (``rl.eta_update``)."""
+        rows = torch.arange(e.best.shape[0], device=e.best.device)
+        if self.cfg["rl.eta_update"] == "advantage":  # REINFORCE for a Gaussian around eta_net: no drift when the
+            advantages = group_advantage(e.scores[1:])  # reward does not depend on eta
+            offset = (advantages * (e.etas[1:] - e.eta_net.detach()[None])).mean(0)
+            return e.eta_net.detach() + offset, (advantages.abs().sum(0) > 0).float()
+        return e.etas[e.best, rows].detach(), (e.best > 0).float()
+
     def loss(self, batch, keys):
-        e, s = self.explore(batch, keys)
-        grid, b = self.restorer.grid, e.x_k.shape[0]
-        rows = torch.arange(b, device=e.x_k.device)
+        explore = self.explore_throughout if self.cfg["rl.mode"] == "throughout" else self.explore
+        e, s = explore(batch, keys)
+        rows = torch.arange(e.x_k.shape[0], device=e.x_k.device)
         path = torch.tensor(self.path, device=e.x_k.device)
         a, c = path[e.position], path[e.position + 1]
         won = (e.best > 0).float()                                  # samples where a branch beat the ODE
-        target = e.x_next[e.best, rows].detach()
-        pred = grid.guide(predictor(self.restorer, self.model)(e.x_k, a, s["cond"]), e.x_k, s["lq"], a, self.ngs_w)
-        step = grid.jump(e.x_k, pred, a, c)                          # Phi_theta(x_k), with grad
+        target, weight = self.alignment_target(e)
+        step = self.ode_step(self.model, e.x_k, a, c, s)            # Phi_theta(x_k), with grad
         error = ((step.float() - target.float()) ** 2).flatten(1).mean(1)
-        loss = (won * error).mean()                                 # Eq. (15); exactly 0 when nobody wins
-        logs = {"rl_loss": loss.detach(), "win_rate": won.mean(), "reward_ode": e.scores[0].mean(),
+        align = (weight * error).mean()                             # Eq. (15); exactly 0 when nobody wins
+        loss = self.cfg["rl.align_weight"] * align
+        logs = {"rl_loss": align.detach(), "win_rate": won.mean(), "reward_ode": e.scores[0].mean(),
                 "reward_best": e.scores[e.best, rows].mean()}
         if e.eta_net is not None:
-            eta_loss = (won * (e.eta_net - e.etas[e.best, rows].detach()) ** 2).mean()
-            loss = loss + eta_loss
-            logs.update(eta=e.eta_net.detach().mean(), eta_loss=eta_loss.detach())
+            logs["eta"] = e.eta_net.detach().mean()
+            if self.cfg["rl.eta_update"] != "none":
+                eta_goal, eta_weight = self.eta_target(e)
+                eta_loss = (eta_weight * (e.eta_net - eta_goal) ** 2).mean()
+                loss = loss + eta_loss
+                logs["eta_loss"] = eta_loss.detach()
+        base = self._base_encoding(batch, s)
         if self.cfg["rl.gt_weight"] > 0:                            # optional anchor: flow matching on the pairs
-            anchor = self.anchor(s, keys)
+            anchor = self.anchor(base, keys)
             loss = loss + self.cfg["rl.gt_weight"] * anchor
             logs["anchor_loss"] = anchor.detach()
+        if self.cfg["rl.final_weight"] > 0:                         # optional anchor: the ODE output against the GT
+            final = self.ode_output(self.model, e.x_start[:base["x0"].shape[0]], base)
+            final_loss = ((final.float() - base["x0"].float()) ** 2).mean()
+            loss = loss + self.cfg["rl.final_weight"] * final_loss
+            logs["final_loss"] = final_loss.detach()
         return loss, logs
+
+    def _base_encoding(self, batch, s):
+        """The batch's own encoding (``s`` repeats it once per recorded step in ``mode = "throughout"``)."""
+        rows = slice(0, len(batch["gt"]))
+        return {"x0": s["x0"][rows], "lq": s["lq"][rows], "cond": take_rows(s["cond"], rows)}
+
+    def explore_throughout(self, batch, keys):
+        """Best-of-N at every eligible step of one M-SDE trajectory (``rl.mode = "throughout"``).
+
+        From the start state, each eligible step makes N M-SDE candidates and the ODE candidate from the current
+        state, continues all with the frozen sampler's ODE steps, scores them and moves the trajectory to the
+        winner. Every eligible step is one record of the returned :class:`Exploration` (records are step-major: B
+        per step), with the encoding ``s`` repeated to match.
+        """
+        grid, n = self.restorer.grid, self.branches
+        s = self.restorer.encode(batch)
+        x0, device = s["x0"], s["x0"].device
+        b = x0.shape[0]
+        path, rows = torch.tensor(self.path, device=device), torch.arange(b, device=device)
+        gt = batch["gt"].to(device).float()
+        sample = predictor(self.restorer, self.sampler)
+        records = []
+        with torch.no_grad():
+            noise = randomness.normal(keys, 1, x0.shape[1:], device).to(x0)
+            x = x_start = grid.lq_start(s["lq"], noise, self.path[0], self.lq_weight)
+        for p in range(len(self.path) - 1):
+            a, c = path[p].expand(b), path[p + 1].expand(b)
+            with torch.no_grad():
+                pred = grid.guide(sample(x, a, s["cond"]), x, s["lq"], a, self.ngs_w)
+                ode_next = grid.jump(x, pred, a, c)
+            if p not in self.eligible:
+                x = ode_next
+                continue
+            with torch.no_grad():
+                error = ((grid.x0(x, pred, a) - x0) ** 2).flatten(1).mean(1)
+            eta_net, etas = self.branch_etas(error, grid.model_time(a, b).to(device),
+                                             [k + 1_000_003 * (p + 1) for k in keys])
+            with torch.no_grad():
+                z = randomness.normal([k + 1_000_003 * (p + 1) for k in keys], 5, (n, *x0.shape[1:]),
+                                      device).transpose(0, 1).to(x0)
+                branches = branch(grid, x, pred, a, c, etas, z)                          # [N, B, ...]
+                position = torch.full((b,), p, device=device)
+                candidates = torch.cat([ode_next[None], branches])                       # [N + 1, B, ...]
+                finals = self.finish(candidates.flatten(0, 1), repeat_candidates(position, n + 1) + 1,
+                                     repeat_candidates({"cond": s["cond"], "lq": s["lq"]}, n + 1))
+                images = self.restorer.decode(finals).reshape(n + 1, b, *x0.shape[1:])
+                best, scores = select_best(images.float(), self.reward, reference=gt, ode_index=0)
+                targets = torch.cat([ode_next[None], self.targets(grid, x, pred, a, c, etas, branches, ode_next)])
+            records.append(Exploration(position, x, targets, images, scores, best,
+                                       torch.cat([torch.zeros(1, b, device=device), etas]), eta_net, error))
+            x = candidates[best, rows]                                  # the trajectory follows the winner
+
+        def cat(name, dim):
+            return torch.cat([getattr(r, name) for r in records], dim)
+
+        eta_net = cat("eta_net", 0) if self.modulation is not None else None
+        e = Exploration(cat("position", 0), cat("x_k", 0), cat("x_next", 1), cat("images", 1), cat("scores", 1),
+                        cat("best", 0), cat("etas", 1), eta_net, cat("error", 0), x_start)
+        m = len(records)
+        return e, {"x0": repeat_candidates(s["x0"], m), "lq": repeat_candidates(s["lq"], m),
+                   "cond": repeat_candidates(s["cond"], m)}
 
     def anchor(self, s, keys):
         """The flow-matching (or noise-prediction) loss of the trained model on the batch's GT pairs."""
