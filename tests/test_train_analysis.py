@@ -7,6 +7,7 @@ import torch
 from test_train_framework import tiny_config
 from trajir.compact import Recipe, load_compact, restore
 from trajir.train.__main__ import main as train_main
+from trajir.train.config import load_config
 from trajir.train.analysis import analyze_cost, evaluate_file, trajectories
 
 
@@ -73,14 +74,25 @@ def test_reproduce_runs_every_phase_then_skips_finished_ones(tmp_path, capsys):
     from trajir.train.reproduce import reproduce
 
     cfg = tiny_config(tmp_path, "run.max_steps=6", "reproduce.rl_steps=2", "reproduce.distill_steps=2",
-                      "reproduce.eval_draws=1", "rl.branches=2", "distill.cost_batches=1")
+                      "eval.crops=1", "eval.draws=1", "eval.resamples=200", "rl.branches=2", "distill.cost_batches=1")
     rows = reproduce(cfg, log=lambda *_: None)
-    assert [(r["model"], r["nfe"]) for r in rows] == [("pretrained", 4), ("rl", 4), ("distill_2", 2),
-                                                     ("distill_1", 1), ("rl_distill_2", 2), ("rl_distill_1", 1)]
+    assert [(r["model"], r["nfe"]) for r in rows] == [
+        ("degraded input", 0), ("gamma + non-local means", 0), ("pretrained", 4), ("control", 4), ("rl", 4),
+        ("distill_2", 2), ("distill_1", 1), ("rl_distill_2", 2), ("rl_distill_1", 1)]
+    assert all(r["psnr_lo"] <= r["psnr"] <= r["psnr_hi"] for r in rows)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == rows and saved["seed"] == cfg["run.seed"]
-    assert "| RL + Distillation | 1 |" in (tmp_path / "results.md").read_text()
+    # the control is flow matching from the pretrained model for as many steps, at the RL learning rate
+    control = json.loads(json.dumps(dict(load_config(tmp_path / "control" / "config.toml"))))
+    assert control["run.stage"] == "pretrain" and control["run.max_steps"] == 2
+    assert control["optim.lr"] == cfg["reproduce.rl_lr"] and control["run.init"].endswith("pretrained/model.safetensors")
+    pairs = {(c["model"], c["reference"]): c for c in saved["comparisons"]}
+    assert {("rl", "pretrained"), ("rl", "control"), ("rl_distill_1", "distill_1")} <= set(pairs)
+    c = pairs[("rl", "control")]
+    assert c["d_psnr_lo"] <= c["d_psnr"] <= c["d_psnr_hi"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| RL + Distillation | rl_distill_1 | 1 |" in text and "| rl | control |" in text
     assert (tmp_path / "cost_rl.png").is_file()
     messages = []
     reproduce(cfg, log=messages.append)  # everything is there: no phase trains again
-    assert sum("done already" in m for m in messages) == 6
+    assert sum("done already" in m for m in messages) == 7

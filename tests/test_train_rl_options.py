@@ -36,7 +36,6 @@ def test_advantage_selection_regresses_onto_the_weighted_target_for_every_sample
     e, s = stage.explore(batch, KEYS)
     stage.explore = lambda batch, keys: (e, s)
     target = advantage_target(e.x_next, group_advantage(e.scores[1:]))
-    grid = stage.restorer.grid
     a, c = e.position, e.position + 1
     with torch.no_grad():
         step = stage.ode_step(stage.model, e.x_k, a, c, s)

@@ -5,7 +5,10 @@ Distributed: ``torchrun --nproc_per_node=N -m trajir.train CONFIG.toml``.
 
 Analyses (same CONFIG and --set; models are exported compact-model files):
   python -m trajir.train reproduce CONFIG          pretrain -> RL -> distill, evaluate, print Table XII
-  python -m trajir.train evaluate CONFIG MODEL...  held-out PSNR / SSIM of exported models
+  python -m trajir.train evaluate CONFIG MODEL...  held-out PSNR / SSIM with 95 % intervals; later models are
+                                                   also compared with the first on the same draws (paired)
+  python -m trajir.train diagnose-rl CONFIG MODEL... [--out d.json]   Best-of-N win rate, target deviation vs the
+                                                   GT and reward-ascent directions over N, branch step, eta
   python -m trajir.train analyze-cost CONFIG --set run.init=TEACHER [--out cost.png]   (Fig. 2)
   python -m trajir.train plot-trajectories CONFIG MODEL... [--out traj.png]             (Fig. 7)
 """
@@ -34,7 +37,7 @@ def resolve_config(name):
                      f"{', '.join(shipped_configs())}")
 
 
-COMMANDS = ("reproduce", "evaluate", "analyze-cost", "plot-trajectories")
+COMMANDS = ("reproduce", "evaluate", "diagnose-rl", "analyze-cost", "plot-trajectories")
 
 
 def parser():
@@ -42,7 +45,7 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="TOML file or shipped config name")
     p.add_argument("models", nargs="*", help="exported models (evaluate, plot-trajectories)")
-    p.add_argument("--out", help="output PNG (analyze-cost, plot-trajectories)")
+    p.add_argument("--out", help="output PNG (analyze-cost, plot-trajectories) or JSON (diagnose-rl)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set optim.lr=1e-4")
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint or a folder")
@@ -90,9 +93,26 @@ def run_command(command, cfg, args):
     elif command == "evaluate":
         if not args.models:
             raise SystemExit("trajir.train evaluate: name at least one exported model file")
+        from .evaluation import evaluate_models, report
+
+        labels = {path: path for path in args.models}
+        result = evaluate_models(labels, cfg)
+        print(report(result, ["psnr", "ssim"], list(labels), reference=args.models[0] if len(labels) > 1 else None))
+    elif command == "diagnose-rl":
+        if not args.models:
+            raise SystemExit("trajir.train diagnose-rl: name at least one exported model file")
+        import json
+
+        from .diagnosis import diagnose, markdown
+
+        results = {}
         for path in args.models:
-            result = analysis.evaluate_file(path, cfg)
-            print(path + ": " + ", ".join(f"{k} {v:.4f}" if k != "nfe" else f"nfe {v}" for k, v in result.items()))
+            results[path] = diagnose(cfg, path)
+            print(f"{path}:\n{markdown(results[path])}")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+            print(f"wrote {args.out}")
     elif command == "analyze-cost":
         out = args.out or os.path.join(cfg["run.out_dir"], "cost.png")
         result = analysis.analyze_cost(cfg, out)

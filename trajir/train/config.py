@@ -76,7 +76,7 @@ DEFAULTS = {
         "gt_weight": 0.0,           # optional anchor: weight of the flow-matching loss on GT pairs
         "final_weight": 0.0,        # optional anchor: MSE of the trained model's whole ODE output against the GT,
                                     # backpropagated through every step (the released task-specific code's anchor)
-        "align_weight": 1.0,        # weight of the alignment term, Eq. (15) (0 with an anchor: the anchors-only control)
+        "align_weight": 1.0,        # weight of the alignment term, Eq. (15) (0 with an anchor: anchors-only control)
         "mode": "branch",           # branch: one M-SDE branch step on the ODE trajectory (Algorithm 1); throughout:
                                     # Best-of-N at every eligible step of one M-SDE trajectory that follows the winners
         "select": "best",           # best: regress onto the argmax of the N + 1 candidates (Algorithm 1);
@@ -116,7 +116,6 @@ DEFAULTS = {
         "rl_lr": 2e-5,
         "distill_steps": 300,
         "distill_lr": 5e-5,
-        "eval_draws": 16,           # degradations drawn per held-out photo in the final table
     },
     "eval": {                       # evaluate / reproduce: held-out units and bootstrap (trajir.train.evaluation)
         "crops": 6,                 # seeded crop windows (data.val_crop px) per held-out photo
@@ -238,8 +237,8 @@ def load_config(path=None, overrides=()):
             value = text.split("=", 1)[1].strip()
         cfg[key] = _coerce(key, value, f"--set {text}")
     for key in ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every",
-                "run.keep_last", "sampling.steps", "rl.branches", "distill.student_steps", "val.batch_size", "val.draws",
-                "eval.crops", "eval.draws", "eval.resamples"):
+                "run.keep_last", "sampling.steps", "rl.branches", "distill.student_steps", "val.batch_size",
+                "val.draws", "eval.crops", "eval.draws", "eval.resamples"):
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     return cfg

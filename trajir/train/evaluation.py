@@ -21,8 +21,9 @@ from ..data.rng import derive_seed
 from ..data.samples import FOLDER as SAMPLES_FOLDER
 from ..data.images import list_images
 from ..grids import grid_from_description
-from ..restoration import load_compact, sample_path, to_images, to_state
+from ..compact import load_compact, to_images, to_state
 from ..rewards import score
+from ..trajectory import run_from_lq
 from . import build
 
 EXTRA_FOLDER = SAMPLES_FOLDER / "eval"
@@ -105,8 +106,8 @@ def model_restorer(net, recipe, device="cpu"):
         noise = torch.stack([torch.randn(lq.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in noise_seeds]).to(device)
         lq_state = to_state(lq.to(device).float())
-        x = sample_path(lambda x, i: net(x, lq_state, grid.model_time(i, x.shape[0]).to(device)), grid,
-                        recipe.path, lq_state, noise, recipe.lq_weight, recipe.ngs_w)
+        x = run_from_lq(grid, recipe.path, lambda x, i, _: net(x, lq_state, grid.model_time(i, x.shape[0]).to(device)),
+                        lq_state, noise, recipe.lq_weight, recipe.ngs_w).final
         return to_images(x).cpu()
     return run
 
@@ -197,3 +198,36 @@ def describe(units):
     p, u = units.lq.shape[:2]
     return (f"{p} held-out photos ({', '.join(units.names)}) x {u} units each (crops x degradation draws), "
             f"{tuple(units.lq.shape[-2:])[0]} px crops")
+
+
+def _interval(row, digits):
+    return f"{row['mean']:.{digits}f} [{row['lo']:.{digits}f}, {row['hi']:.{digits}f}]"
+
+
+def report(result, metrics, labels, reference=None, against=None):
+    """A markdown table: per row the NFE, each metric's mean with its 95 % interval and, against ``reference``
+    (one label for every row) or ``against`` (``{label: reference label}``), the paired difference with its
+    interval and the bootstrap share of resamples with no gain."""
+    against = dict(against or {})
+    if reference is not None:
+        against.update({label: reference for label in labels if label != reference})
+    head = "| model | NFE | " + " | ".join(m.upper() for m in metrics)
+    if against:
+        head += " | compared with | " + " | ".join(f"Δ{m.upper()} [95 %]" for m in metrics) + " | P(ΔPSNR ≤ 0)"
+    lines = [head + " |", "|---" * (2 + len(metrics) + (len(metrics) + 2 if against else 0)) + "|"]
+    for label in labels:
+        digits = {m: 2 if m.startswith("psnr") else 4 for m in metrics}
+        cells = [_interval(summary(result, m, label), digits[m]) for m in metrics]
+        line = f"| {label} | {result['nfe'][label]} | " + " | ".join(cells)
+        if against:
+            ref = against.get(label)
+            if ref is None:
+                line += " | – |" + " – |" * len(metrics) + " –"
+            else:
+                diffs = [summary(result, m, label, reference=ref)["diff"] for m in metrics]
+                line += f" | {ref} | " + " | ".join(
+                    f"{d['mean']:+.{digits[m]}f} [{d['lo']:+.{digits[m]}f}, {d['hi']:+.{digits[m]}f}]"
+                    for d, m in zip(diffs, metrics))
+                line += f" | {diffs[0]['p_le_0']:.3f}" if metrics[0].startswith("psnr") else " | –"
+        lines.append(line + " |")
+    return "\n".join(lines)

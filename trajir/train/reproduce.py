@@ -1,17 +1,21 @@
 """The CPU-scale reproduction of the paper's Table XII: one command trains and evaluates, for one task,
 
-pretrained (K NFE) -> RL-aligned (K NFE) -> distilled students (1 and 2 NFE) from the pretrained model
-("distillation only") and from the RL model ("RL + distillation"), then prints PSNR / SSIM (and LPIPS when its
-weights are present) on the held-out photos. Every phase resumes from its checkpoints and a finished phase is
-skipped, so an interrupted reproduction continues where it stopped.
+pretrained (K NFE) -> RL-aligned (K NFE) and its same-compute control (as many flow-matching steps at the same
+learning rate from the same model) -> distilled students (1 and 2 NFE) from the pretrained model ("distillation
+only") and from the RL model ("RL + distillation"), then scores every model and the task's classical baseline on
+the same held-out units (``trajir.train.evaluation``): means with 95 % intervals, and paired differences for the
+comparisons the paper's claims rest on. Every phase resumes from its checkpoints and a finished phase is skipped,
+so an interrupted reproduction continues where it stopped.
 """
 import json
 import os
 import time
 
+from ..baselines import BASELINES
 from ..rewards import available
 from ..safefiles import write_text
-from .analysis import analyze_cost, evaluate_file
+from .analysis import analyze_cost
+from .evaluation import describe, evaluate_models, summary
 from .config import Config
 from .loop import train
 
@@ -20,7 +24,7 @@ def phases(cfg):
     """``(name, overrides, export file)`` in order; later phases start from earlier exports."""
     out = cfg["run.out_dir"]
     f = {name: os.path.join(out, name, "model.safetensors")
-         for name in ("pretrained", "rl", "distill_1", "distill_2", "rl_distill_1", "rl_distill_2")}
+         for name in ("pretrained", "rl", "control", "distill_1", "distill_2", "rl_distill_1", "rl_distill_2")}
     common = {"run.export": "model.safetensors"}
     distill = {"run.stage": "distill", "run.max_steps": cfg["reproduce.distill_steps"],
                "optim.lr": cfg["reproduce.distill_lr"], "optim.warmup_steps": 0}
@@ -28,6 +32,8 @@ def phases(cfg):
         ("pretrained", {"run.stage": "pretrain"}),
         ("rl", {"run.stage": "rl", "run.init": f["pretrained"], "run.max_steps": cfg["reproduce.rl_steps"],
                 "optim.lr": cfg["reproduce.rl_lr"], "optim.warmup_steps": 0, "optim.schedule": "constant"}),
+        ("control", {"run.stage": "pretrain", "run.init": f["pretrained"], "run.max_steps": cfg["reproduce.rl_steps"],
+                     "optim.lr": cfg["reproduce.rl_lr"], "optim.warmup_steps": 0, "optim.schedule": "constant"}),
         ("distill_1", {**distill, "run.init": f["pretrained"], "distill.student_steps": 1}),
         ("distill_2", {**distill, "run.init": f["pretrained"], "distill.student_steps": 2}),
         ("rl_distill_1", {**distill, "run.init": f["rl"], "distill.student_steps": 1}),
@@ -35,8 +41,12 @@ def phases(cfg):
     ], f, common
 
 
-ROWS = [("Baseline (pretrained)", "pretrained"), ("RL", "rl"), ("Distillation", "distill_2"),
-        ("Distillation", "distill_1"), ("RL + Distillation", "rl_distill_2"), ("RL + Distillation", "rl_distill_1")]
+ROWS = [("Baseline (pretrained)", "pretrained"), ("Control: flow matching, same steps and lr", "control"),
+        ("RL", "rl"), ("Distillation", "distill_2"), ("Distillation", "distill_1"),
+        ("RL + Distillation", "rl_distill_2"), ("RL + Distillation", "rl_distill_1")]
+# the paired comparisons behind the paper's claims: (row, compared with)
+COMPARISONS = [("rl", "pretrained"), ("rl", "control"), ("control", "pretrained"), ("rl_distill_2", "distill_2"),
+               ("rl_distill_1", "distill_1"), ("rl_distill_1", "pretrained"), ("distill_2", "pretrained")]
 
 
 def reproduce(cfg, log=print):
@@ -59,25 +69,56 @@ def reproduce(cfg, log=print):
             raise SystemExit(f"[reproduce] stopped during {name}; run the same command again to continue")
         timings[name] = time.time() - start
     metrics = ["psnr", "ssim"] + (["lpips"] if "lpips" in available() else [])
+    baseline = BASELINES.get(cfg["data.task"])
+    result = evaluate_models({name: files[name] for _, name in ROWS}, cfg, metrics,
+                             baselines={baseline[0]: baseline[1]} if baseline else None)
+    log(f"[reproduce] evaluated on {describe(result['units'])}")
     rows = []
-    for label, name in ROWS:
-        result = evaluate_file(files[name], cfg, metrics, draws=cfg["reproduce.eval_draws"])
-        rows.append({"method": label, "model": name, **result})
-        log(f"[reproduce] {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "nfe"))
+    for label, name in [("Degraded input", "degraded input")] + ([("Classical baseline", baseline[0])]
+                                                                 if baseline else []) + ROWS:
+        row = {"method": label, "model": name, "nfe": result["nfe"][name]}
+        for m in metrics:
+            stats = summary(result, m, name)
+            row.update({m: stats["mean"], f"{m}_lo": stats["lo"], f"{m}_hi": stats["hi"]})
+        rows.append(row)
+    comparisons = []
+    for name, ref in COMPARISONS:
+        entry = {"model": name, "reference": ref}
+        for m in metrics:
+            d = summary(result, m, name, reference=ref)["diff"]
+            entry.update({f"d_{m}": d["mean"], f"d_{m}_lo": d["lo"], f"d_{m}_hi": d["hi"], f"p_{m}_le_0": d["p_le_0"]})
+        comparisons.append(entry)
     cost = analyze_cost(Config({**cfg, "run.init": files["rl"]}), os.path.join(cfg["run.out_dir"], "cost_rl.png"))
-    summary = {"task": cfg["data.task"], "seed": cfg["run.seed"], "rows": rows, "timings_s": timings,
-               "cost_best_paths": cost["best_paths"]}
-    write_text(os.path.join(cfg["run.out_dir"], "results.json"), json.dumps(summary, indent=1))
-    table = markdown_table(rows, metrics)
-    write_text(os.path.join(cfg["run.out_dir"], "results.md"), table + "\n")
+    summary_json = {"task": cfg["data.task"], "seed": cfg["run.seed"], "rows": rows, "comparisons": comparisons,
+                    "units": describe(result["units"]), "timings_s": timings, "cost_best_paths": cost["best_paths"]}
+    write_text(os.path.join(cfg["run.out_dir"], "results.json"), json.dumps(summary_json, indent=1))
+    table = markdown_table(rows, metrics) + "\n\n" + comparison_table(comparisons, metrics)
+    write_text(os.path.join(cfg["run.out_dir"], "results.md"), f"Held-out: {describe(result['units'])}\n\n{table}\n")
     log(table)
     return rows
 
 
 def markdown_table(rows, metrics):
-    head = "| method | NFE | " + " | ".join(m.upper() for m in metrics) + " |"
-    lines = [head, "|" + "---|" * (2 + len(metrics))]
+    """``| method | NFE | PSNR [95 %] | ... |`` with each mean's interval."""
+    head = "| method | model | NFE | " + " | ".join(f"{m.upper()} [95 %]" for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (3 + len(metrics))]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['nfe']} | " + " | ".join(f"{r[m]:.4f}" if m != "psnr" else f"{r[m]:.2f}"
-                                                                      for m in metrics) + " |")
+        cells = []
+        for m in metrics:
+            d = 2 if m.startswith("psnr") else 4
+            cells.append(f"{r[m]:.{d}f} [{r[m + '_lo']:.{d}f}, {r[m + '_hi']:.{d}f}]")
+        lines.append(f"| {r['method']} | {r['model']} | {r['nfe']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(comparisons, metrics):
+    """``| model | compared with | ΔPSNR [95 %] | ... | P(ΔPSNR <= 0) |``: paired differences on the same units."""
+    head = "| model | compared with | " + " | ".join(f"Δ{m.upper()} [95 %]" for m in metrics) + " | P(ΔPSNR ≤ 0) |"
+    lines = [head, "|" + "---|" * (3 + len(metrics))]
+    for c in comparisons:
+        cells = []
+        for m in metrics:
+            d = 2 if m.startswith("psnr") else 4
+            cells.append(f"{c['d_' + m]:+.{d}f} [{c['d_' + m + '_lo']:+.{d}f}, {c['d_' + m + '_hi']:+.{d}f}]")
+        lines.append(f"| {c['model']} | {c['reference']} | " + " | ".join(cells) + f" | {c['p_psnr_le_0']:.3f} |")
     return "\n".join(lines)
