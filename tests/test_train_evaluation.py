@@ -86,3 +86,17 @@ def test_two_models_are_scored_on_identical_draws(tmp_path, tiny_pretrained):
     from trajir.rewards import score
     assert float(score("psnr", one, units.gt[1, 3:4])) == pytest.approx(float(a[1, 3]), abs=1e-4)
     assert result["nfe"] == {"degraded input": 0, "a": 4, "b": 4}
+
+
+def test_evaluate_command_prints_intervals_and_the_paired_difference(tmp_path, tiny_pretrained, capsys):
+    from trajir.train.__main__ import main as train_main
+
+    args = ["--set", f"run.out_dir={tmp_path}", "--set", "model.preset=tiny", "--set", "data.val_crop=32",
+            "--set", "sampling.steps=4", "--set", "eval.crops=1", "--set", "eval.draws=1", "--set",
+            "eval.resamples=100", "--set", "eval.extra_photos=false"]
+    assert train_main(["evaluate", "compact_lowlight_cpu", str(tiny_pretrained), str(tiny_pretrained), *args]) == 0
+    out = capsys.readouterr().out
+    assert "| model | NFE | PSNR | SSIM | compared with |" in out
+    lines = [line for line in out.splitlines() if line.startswith(f"| {tiny_pretrained}")]
+    assert len(lines) == 2 and "+0.00 [+0.00, +0.00]" in lines[1]    # the same model: no difference at all
+    assert "2 held-out photos" in out

@@ -93,10 +93,13 @@ def run_command(command, cfg, args):
     elif command == "evaluate":
         if not args.models:
             raise SystemExit("trajir.train evaluate: name at least one exported model file")
-        from .evaluation import evaluate_models, report
+        from .evaluation import describe, evaluate_models, report
 
-        labels = {path: path for path in args.models}
+        labels = {}
+        for i, path in enumerate(args.models):
+            labels[path if path not in labels else f"{path} (#{i + 1})"] = path
         result = evaluate_models(labels, cfg)
+        print(f"held-out: {describe(result['units'])}")
         print(report(result, ["psnr", "ssim"], list(labels), reference=args.models[0] if len(labels) > 1 else None))
     elif command == "diagnose-rl":
         if not args.models:
