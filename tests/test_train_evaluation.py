@@ -6,7 +6,7 @@ import torch
 
 from test_train_framework import tiny_config
 from trajir.data import sample_split
-from trajir.restoration import load_compact
+from trajir.compact import load_compact
 from trajir.train import evaluation
 from trajir.train.evaluation import bootstrap_mean, make_units, paired_difference
 
