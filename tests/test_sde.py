@@ -212,3 +212,38 @@ def test_bad_input_names_the_argument():
         vp_msde_step(x, v, 0.9, 0.1, 0.5, 0.8, 0.0, z)
     with pytest.raises(ValueError, match="eps contains"):
         vp_msde_step(x, torch.full((2, 3), float("nan")), 0.5, 0.8, 0.8, 0.6, 0.0, z)
+
+
+@pytest.mark.parametrize("t, t_next", [(0.9, 0.6), (0.99, 0.98), (0.6, 0.5), (0.7, 0.3), (0.2, 0.1)])
+def test_a_huge_eta_gives_the_finite_eta_to_infinity_limit(t, t_next):
+    """eta^2 overflows float64 from eta ~ 1.3e154: the step is computed at eta^2 (t - t') = 1e16 (float64) or 1e8
+    (float32), where it has reached its limit: for t' >= 1/2, x' = -(1 - t') v - sqrt(2 t' - 1) z; below 1/2, the
+    eta_max fallback (pure overshoot)."""
+    g = torch.Generator().manual_seed(0)
+    x, v, z = (torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    if t_next >= 0.5:
+        limit, atol = -(1 - t_next) * v - math.sqrt(2 * t_next - 1) * z, 1e-12
+    else:  # beta^2 = 0 up to rounding, whose square root (1e-8 in float64, 3e-4 in float32) multiplies the noise
+        dt = t - t_next
+        s = t_next - 2 * t_next * (1 - t_next) / ((1 - 2 * t_next) * dt) * dt
+        limit, atol = (1 - t_next) / (1 - s) * (x + (s - t) * v), 1e-7
+    for eta in (1e9, 1e100, 1e200, 1.7e308):
+        got = rf_msde_step(x, v, t, t_next, eta, z)
+        torch.testing.assert_close(got, limit, rtol=1e-12, atol=atol)
+        got32 = rf_msde_step(x.float(), v.float(), t, t_next, torch.tensor([eta, eta, 0.0], dtype=torch.float64),
+                             z.float())
+        torch.testing.assert_close(got32[:2].double(), limit[:2], rtol=1e-6, atol=1e-6 if t_next >= 0.5 else 1e-3)
+        assert torch.equal(got32[2], rf_msde_step(x.float(), v.float(), t, t_next, 0.0, None)[2])
+    with pytest.raises(ValueError, match=r"eta = 1e\+200 is too large for this step"):
+        vp_msde_step(x, v, 0.5, 0.8, 0.7, 0.6, 1e200, z)
+
+
+def test_integer_and_overflowing_half_inputs_are_refused_not_truncated():
+    ints = torch.ones(1, 2, 2, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="x must be a floating-point tensor, got torch.int64"):
+        rf_msde_step(ints, ints.float(), 0.9, 0.5, 0.0, None)
+    with pytest.raises(ValueError, match="eps must be a floating-point tensor, got torch.int32"):
+        vp_msde_step(ints.float(), ints.int(), 0.5, 0.8, 0.7, 0.6, 0.0, None)
+    big = torch.full((1, 2), 6e4, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"the result overflows float16: its values reach 1\.14e\+05"):
+        rf_msde_step(big, -big, 0.9, 0.0, 0.0, None)

@@ -4,15 +4,66 @@ import math
 import torch
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+SEED_MAX = 2**64 - 1  # torch generators take seeds up to 2^64 - 1
+
+
 def require_finite(name, x):
     """Refuse NaN or inf in a tensor (a silent NaN would poison a whole trajectory)."""
     if torch.is_tensor(x):
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"{name} contains {bad} NaN or inf value(s); expected finite numbers")
+            nan = int(torch.isnan(x).sum())
+            inf = int(torch.isinf(x).sum())
+            hint = ""
+            if inf and x.dtype in HALF_DTYPES:  # an overflow on the way into half precision, most likely
+                hint = f"; {_dtype_name(x.dtype)} holds values up to {torch.finfo(x.dtype).max:.6g}: compute in float32"
+            raise ValueError(f"{name} contains {nan + inf} NaN or inf value(s) ({nan} NaN, {inf} inf); expected "
+                             f"finite numbers{hint}")
     elif isinstance(x, float) and not (x == x and abs(x) != float("inf")):
         raise ValueError(f"{name} is {x}; expected a finite number")
     return x
+
+
+def require_float(name, x):
+    """A floating-point tensor: integer inputs would come back truncated from the arithmetic of a step."""
+    require_tensor(name, x)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def as_result(out, dtype, what="the result"):
+    """``out`` (computed in float32 or float64) cast back to ``dtype``; refuses a result that overflows ``dtype``
+    (a half-precision input whose result does not fit) or that is not finite although the inputs were."""
+    result = out.to(dtype)
+    if not bool(torch.isfinite(result).all()):
+        if bool(torch.isfinite(out).all()):
+            raise ValueError(f"{what} overflows {_dtype_name(dtype)}: its values reach {float(out.abs().max()):.4g} "
+                             f"but {_dtype_name(dtype)} holds values up to {torch.finfo(dtype).max:.6g}; pass float32 "
+                             "tensors")
+        raise ValueError(f"{what} is not finite although every input is; a coefficient overflowed (the inputs are "
+                         "too large for this step)")
+    return result
+
+
+def require_seed(name, seed):
+    """An integer seed in [0, 2^64 - 1], what a torch generator accepts."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer in [0, 2^64 - 1], got {seed!r}")
+    return seed
+
+
+def require_unit_interval(name, x):
+    """A finite float tensor with values in 0..1 (images)."""
+    require_finite(name, x)
+    lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} must hold values in 0..1, got {lo:.3g}..{hi:.3g}")
+    return x
+
+
+def _dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
 
 
 def require_tensor(name, x):

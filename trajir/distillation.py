@@ -9,13 +9,13 @@ import math
 
 import torch
 
-from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
-                     require_tensor)
+from .checks import (as_result, compute_dtype, per_sample, require_finite, require_float, require_same_shape,
+                     require_scalar_or_tensor, require_tensor)
 
 
 def _check_pair(x_a, x_b):
-    require_tensor("x_a", x_a)
-    require_tensor("x_b", x_b)
+    require_float("x_a", x_a)
+    require_float("x_b", x_b)
     require_same_shape("x_b", x_b, "x_a", x_a)
     require_finite("x_a", x_a)
     require_finite("x_b", x_b)
@@ -31,7 +31,7 @@ def implied_velocity(x_a, x_b, t_a, t_b):
         raise ValueError(f"t_b must be smaller than t_a, got t_a={t_a} and t_b={t_b}")
     dtype = compute_dtype(x_a)
     t_a, t_b = per_sample(t_a, x_a, dtype), per_sample(t_b, x_a, dtype)
-    return ((x_a.to(dtype) - x_b.to(dtype)) / (t_a - t_b)).to(x_a.dtype)
+    return as_result((x_a.to(dtype) - x_b.to(dtype)) / (t_a - t_b), x_a.dtype)
 
 
 def implied_eps(x_a, x_b, alpha_a, sigma_a, alpha_b, sigma_b):
@@ -47,7 +47,7 @@ def implied_eps(x_a, x_b, alpha_a, sigma_a, alpha_b, sigma_b):
     if not bool((torch.as_tensor(denominator) > 0).all()):
         raise ValueError("the jump must go towards data: need (alpha_b/alpha_a) sigma_a > sigma_b, got "
                          f"alpha_a={alpha_a}, sigma_a={sigma_a}, alpha_b={alpha_b}, sigma_b={sigma_b}")
-    return ((ratio * x_a.to(dtype) - x_b.to(dtype)) / denominator).to(x_a.dtype)
+    return as_result((ratio * x_a.to(dtype) - x_b.to(dtype)) / denominator, x_a.dtype)
 
 
 def distillation_cost(pred, implied):

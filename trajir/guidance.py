@@ -6,18 +6,18 @@ is extrapolated away from, CFG-style. In every parameterisation the guided clean
 """
 import torch
 
-from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
-                     require_tensor)
+from .checks import (as_result, compute_dtype, per_sample, require_finite, require_float, require_same_shape,
+                     require_scalar_or_tensor, require_tensor)
 
 
 def _check(pred_name, pred, lq, w, x=None):
-    require_tensor(pred_name, pred)
-    require_tensor("lq", lq)
+    require_float(pred_name, pred)
+    require_tensor("lq", lq)  # an integer LQ image is fine: it is converted, not truncated
     require_same_shape("lq", lq, pred_name, pred)
     require_finite(pred_name, pred)
     require_finite("lq", lq)
     if x is not None:
-        require_tensor("x", x)
+        require_float("x", x)
         require_same_shape("x", x, pred_name, pred)
         require_finite("x", x)
     require_scalar_or_tensor("w", w, pred)
@@ -37,7 +37,7 @@ def ngs_x0(x0, lq, w):
         return x0
     dtype = compute_dtype(x0)
     w = per_sample(w, x0, dtype)
-    return ((1 + w) * x0.to(dtype) - w * lq.to(dtype)).to(x0.dtype)
+    return as_result((1 + w) * x0.to(dtype) - w * lq.to(dtype), x0.dtype)
 
 
 def ngs_velocity(v, x, lq, t, t_end, w):
@@ -55,7 +55,7 @@ def ngs_velocity(v, x, lq, t, t_end, w):
     dtype = compute_dtype(v)
     t, t_end, w = (per_sample(a, x, dtype) for a in (t, t_end, w))
     v_lq = (x.to(dtype) - lq.to(dtype)) / (t - t_end)
-    return ((1 + w) * v.to(dtype) - w * v_lq).to(v.dtype)
+    return as_result((1 + w) * v.to(dtype) - w * v_lq, v.dtype)
 
 
 def ngs_eps(eps, x, lq, alpha_s, sigma_s, alpha_e, sigma_e, w):
@@ -78,4 +78,4 @@ def ngs_eps(eps, x, lq, alpha_s, sigma_s, alpha_e, sigma_e, w):
     if _is_zero(w):
         return eps
     eps_lq = (ratio * x.to(dtype) - lq.to(dtype)) / denominator
-    return ((1 + w_) * eps.to(dtype) - w_ * eps_lq).to(eps.dtype)
+    return as_result((1 + w_) * eps.to(dtype) - w_ * eps_lq, eps.dtype)

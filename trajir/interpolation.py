@@ -1,12 +1,12 @@
 """LQ-interpolated initial state, Eq. (17) (docs/equations.md §7): start sampling from the LQ image
 forward-diffused to the start time instead of from pure noise."""
-from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
-                     require_tensor)
+from .checks import (as_result, compute_dtype, per_sample, require_finite, require_float, require_same_shape,
+                     require_scalar_or_tensor)
 
 
 def _check(lq, noise, *scalars):
-    require_tensor("lq", lq)
-    require_tensor("noise", noise)
+    require_float("lq", lq)
+    require_float("noise", noise)
     require_same_shape("noise", noise, "lq", lq)
     require_finite("lq", lq)
     require_finite("noise", noise)
@@ -23,7 +23,7 @@ def lq_initial_state(lq, noise, lq_scale, noise_scale):
     _check(lq, noise, ("lq_scale", lq_scale, None), ("noise_scale", noise_scale, None))
     dtype = compute_dtype(lq)
     a, s = per_sample(lq_scale, lq, dtype), per_sample(noise_scale, lq, dtype)
-    return (a * lq.to(dtype) + s * noise.to(dtype)).to(lq.dtype)
+    return as_result(a * lq.to(dtype) + s * noise.to(dtype), lq.dtype)
 
 
 def lq_initial_state_rf(lq, noise, t_start):
@@ -47,7 +47,7 @@ def rf_latent_scale_for_lq_weight(lq_weight, sigma_start):
     Lets the LQ weight differ from the schedule's value ``1 - sigma_start`` (Eq. (17) with a tuned weight,
     docs/equations.md §7). Impossible at ``sigma_start = 1``, where the sampler ignores the latent.
     """
-    if not 0.0 <= lq_weight <= 1.0:
+    if not 0.0 <= lq_weight <= 1.0:  # NaN fails this too
         raise ValueError(f"lq_weight must lie in [0, 1], got {lq_weight}")
     if not 0.0 <= sigma_start < 1.0:
         raise ValueError(f"sigma_start must lie in [0, 1) for an LQ weight to take effect, got {sigma_start} "

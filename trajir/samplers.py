@@ -12,9 +12,9 @@ import math
 import torch
 from tqdm.auto import trange
 
-from .checks import require_finite, require_tensor
+from .checks import compute_dtype, require_finite, require_float, require_tensor
 from .conversions import rf_v_from_x0
-from .sde import rf_coefficients, vp_coefficients
+from .sde import require_representable_coefficients, rf_coefficients, vp_coefficients
 
 PARAMETERISATIONS = ("rf", "ve")
 
@@ -133,30 +133,46 @@ def sample_msde(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     steps that are stochastic; outside them and into sigma = 0 the step is the deterministic ODE step.
     Noise is drawn from ``extra_args["seed"]`` (else ``seed``, else 0) on the CPU, so a seed gives the same result
     on every device. ``callback`` gets ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` once per step.
+    A half-precision ``x`` is integrated in float32 (the model still sees ``x``'s dtype) and returned in its dtype.
+    A model output that is not finite, or not shaped like ``x``, stops sampling with an error naming the step.
     """
     if param not in PARAMETERISATIONS:
         raise ValueError(f"param must be one of {PARAMETERISATIONS}, got {param!r}")
-    require_tensor("x", x)
+    require_float("x", x)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}); expected at least one latent")
     require_finite("x", x)
     if not math.isfinite(s_noise) or s_noise < 0:
         raise ValueError(f"s_noise must be finite and >= 0, got {s_noise}")
     extra_args = {} if extra_args is None else extra_args
     values = check_sigmas(sigmas, param)
     etas = resolve_etas(eta, values, sde_start, sde_end)
-    sigmas = sigmas.to(x.device)
-    noise = NoiseStream(x, extra_args.get("seed", 0 if seed is None else seed)) if any(etas) else None
     coefficients = _step_coefficients(values, etas, param, s_noise)
+    sigmas = sigmas.to(x.device)
     s_in = x.new_ones([x.shape[0]])
+    model_dtype, x = x.dtype, x.to(compute_dtype(x))  # float32 state for half-precision latents
+    noise = NoiseStream(x, extra_args.get("seed", 0 if seed is None else seed)) if any(etas) else None
     for i in trange(len(values) - 1, disable=disable):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        denoised = model(x if x.dtype == model_dtype else x.to(model_dtype), sigmas[i] * s_in, **extra_args)
+        check_model_output(denoised, x, f"step {i} (sigma {values[i]:.6g})")
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        d = rf_v_from_x0(x, denoised, sigmas[i])  # v for rf; the same expression is eps for ve
+        d = rf_v_from_x0(x, denoised.to(x.dtype), sigmas[i])  # v for rf; the same expression is eps for ve
         if etas[i] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])  # the Euler step, exactly as k-diffusion's sample_euler
         else:
             x = _sde_update(x, d, coefficients[i], noise(), param)
-    return x
+    return x.to(model_dtype)
+
+
+def check_model_output(denoised, x, where):
+    """The clean estimate a model returned: a tensor shaped like ``x`` (broadcasting would hide a wrong channel
+    count) and finite (a NaN would silently fill the rest of the trajectory)."""
+    if not torch.is_tensor(denoised) or tuple(denoised.shape) != tuple(x.shape):
+        shape = tuple(denoised.shape) if torch.is_tensor(denoised) else type(denoised).__name__
+        raise ValueError(f"the model output (x0) has shape {shape} but x has shape {tuple(x.shape)} at {where}; "
+                         "the model must return a clean estimate shaped like its input")
+    require_finite(f"the model output (x0) at {where}", denoised)
 
 
 def _step_coefficients(values, etas, param, s_noise):
@@ -169,7 +185,9 @@ def _step_coefficients(values, etas, param, s_noise):
             drift, beta, scale = rf_coefficients(values[i], values[i + 1], e)
             out.append((drift, beta * s_noise, scale))
         else:
-            _, eps_scale, noise_std = vp_coefficients(1.0, values[i], 1.0, values[i + 1], e)
+            coefficients = vp_coefficients(1.0, values[i], 1.0, values[i + 1], e)
+            require_representable_coefficients(coefficients, e, torch.float32)
+            _, eps_scale, noise_std = coefficients
             out.append((-eps_scale, noise_std * s_noise, 1.0))
     return out
 

@@ -16,18 +16,23 @@ import math
 
 import torch
 
-from .checks import (compute_dtype, per_sample, require_finite, require_same_shape, require_scalar_or_tensor,
-                     require_tensor)
+from .checks import (as_result, compute_dtype, per_sample, require_finite, require_float, require_same_shape,
+                     require_scalar_or_tensor)
+
+# eta^2 (t - t') is capped where the step has reached its eta -> infinity limit to the precision of the arithmetic:
+# the terms it drops are of relative size (1 - t') / (eta^2 (t - t')). A finite result for any finite eta, and no
+# overflow of beta^2 (~ the cap squared) in float32.
+OVERSHOOT_CAP = {torch.float64: 1e16, torch.float32: 1e8}
 
 
 def _check_state(x, pred, pred_name, noise):
-    require_tensor("x", x)
-    require_tensor(pred_name, pred)
+    require_float("x", x)
+    require_float(pred_name, pred)
     require_same_shape(pred_name, pred, "x", x)
     require_finite("x", x)
     require_finite(pred_name, pred)
     if noise is not None:
-        require_tensor("noise", noise)
+        require_float("noise", noise)
         require_same_shape("noise", noise, "x", x)
         require_finite("noise", noise)
 
@@ -41,7 +46,9 @@ def rf_coefficients(t, t_next, eta):
 
     Fallback rule: beta^2 = (t' - s)(t' + s - 2 s t') / (1 - t')^2 is negative when t' < 1/2 and
     eta^2 > eta_max^2 = 2 t' (1 - t') / ((1 - 2 t') (t - t')). Such steps use eta_max, the largest eta whose
-    beta^2 >= 0; into t' = 0 that is eta = 0, the Euler step. For t' >= 1/2 every eta is valid.
+    beta^2 >= 0; into t' = 0 that is eta = 0, the Euler step. For t' >= 1/2 every eta is valid. Very large eta
+    (eta^2 (t - t') above ``OVERSHOOT_CAP``: 1e16 in float64, 1e8 in float32) is computed at the cap, where the
+    step equals its eta -> infinity limit to the precision of the arithmetic, so the result stays finite.
 
     Works on Python floats or tensors (broadcast); ``t_next - t`` is formed first so that eta = 0 yields
     exactly the Euler step ``x + (t_next - t) v``.
@@ -60,11 +67,13 @@ def rf_coefficients(t, t_next, eta):
         safe_den = torch.where(below_half, (1 - 2 * t_next) * dt, torch.ones_like(dt))
         eta2_max = torch.where(below_half, 2 * t_next * (1 - t_next) / safe_den, torch.full_like(dt, math.inf))
         eta2 = torch.minimum(torch.as_tensor(eta2, dtype=ref.dtype, device=ref.device), eta2_max)
+        eta2 = torch.minimum(eta2, OVERSHOOT_CAP.get(ref.dtype, 1e8) / dt)
         s = t_next - eta2 * dt
         beta2 = ((t_next - s) * (t_next + s - 2 * s * t_next) / (1 - t_next) ** 2).clamp_min(0)
         return (1 + eta2) * diff, beta2.sqrt(), (1 - t_next) / (1 - s)
     if t_next < 0.5:
         eta2 = min(eta2, 2 * t_next * (1 - t_next) / ((1 - 2 * t_next) * dt))
+    eta2 = min(eta2, OVERSHOOT_CAP[torch.float64] / dt)
     s = t_next - eta2 * dt
     beta2 = max((t_next - s) * (t_next + s - 2 * s * t_next) / (1 - t_next) ** 2, 0.0)
     return (1 + eta2) * diff, math.sqrt(beta2), (1 - t_next) / (1 - s)
@@ -100,7 +109,7 @@ def rf_msde_step(x, v, t, t_next, eta, noise):
     out = x32 + drift * v32
     if noise is not None:
         out = out - beta * noise.to(dtype)
-    return (scale * out).to(x.dtype)
+    return as_result(scale * out, x.dtype)
 
 
 def vp_coefficients(alpha_s, sigma_s, alpha_t, sigma_t, eta):
@@ -143,12 +152,24 @@ def vp_msde_step(x, eps, alpha_s, sigma_s, alpha_t, sigma_t, eta, noise):
     if noise is None and (torch.is_tensor(eta) or eta != 0):
         raise ValueError("noise is None but eta > 0; pass a noise tensor shaped like x for stochastic steps")
     dtype = compute_dtype(x)
-    a_s, s_s, a_t, s_t, eta = (per_sample(a, x, dtype) for a in (alpha_s, sigma_s, alpha_t, sigma_t, eta))
-    ratio, eps_scale, noise_std = vp_coefficients(a_s, s_s, a_t, s_t, eta)
+    a_s, s_s, a_t, s_t, eta_ = (per_sample(a, x, dtype) for a in (alpha_s, sigma_s, alpha_t, sigma_t, eta))
+    ratio, eps_scale, noise_std = vp_coefficients(a_s, s_s, a_t, s_t, eta_)
+    require_representable_coefficients((ratio, eps_scale, noise_std), eta, dtype)
     out = ratio * x.to(dtype) - eps_scale * eps.to(dtype)
     if noise is not None:
         out = out + noise_std * noise.to(dtype)
-    return out.to(x.dtype)
+    return as_result(out, x.dtype)
+
+
+def require_representable_coefficients(coefficients, eta, dtype=torch.float64):
+    """Refuse a VP step whose coefficients overflow ``dtype``: unlike the rectified-flow step, the VP step has no
+    finite eta -> infinity limit (its noise term grows like eta^2), so a huge eta has no finite result."""
+    limit = torch.finfo(dtype).max
+    for c in coefficients:
+        value = torch.as_tensor(c, dtype=torch.float64)
+        if not bool((value.isfinite() & (value.abs() <= limit)).all()):
+            raise ValueError(f"eta = {_show(eta)} is too large for this step: the coefficients of Eq. (10) overflow "
+                             f"{str(dtype).removeprefix('torch.')} (they grow like eta^2)")
 
 
 def _show(value):
