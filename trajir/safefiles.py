@@ -1,14 +1,17 @@
-"""Writing files atomically, and the small tagged safetensors files TrajIR exchanges (branch records, prompt
-embeddings, the modulation network).
+"""Writing files atomically with ordinary permissions, and the small tagged safetensors files TrajIR exchanges
+(branch records, prompt embeddings, the modulation network).
 
 Every file TrajIR writes goes through ``atomic_path``: the bytes go to a temporary file in the target's folder,
-which is renamed over the target only once it is complete, so a reader (or a crash) never sees half a file.
+which is renamed over the target only once it is complete, so a reader (or a crash) never sees half a file. The
+file gets the permissions any new file of the process gets (0o666 less the umask, 0o644 usually), as an image
+editor's would; ``tempfile.mkstemp`` and safetensors' own writer would leave 0o600.
 Tagged files carry a ``trajir_kind`` in their metadata, and reading one back names the file in every error.
 """
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -17,19 +20,30 @@ from safetensors.torch import save_file
 @contextlib.contextmanager
 def atomic_path(path, overwrite=True):
     """A temporary path in ``path``'s folder (created if missing) to write to; renamed onto ``path`` when the block
-    completes, removed when it raises. With ``overwrite=False`` an existing ``path`` is refused."""
+    completes, removed when it raises. With ``overwrite=False`` an existing ``path`` is refused.
+
+    The temporary file exists already (empty), created with the process umask, and that mode is restored before
+    the rename whatever the writer did to it."""
     path = os.fspath(path)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists already; choose another name or allow overwriting")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 

@@ -33,6 +33,8 @@ def list_images(folder, name="folder"):
 def _open(path):
     """Open with Pillow (header only), turning every failure into a ValueError naming the file."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder, not an image file")
     if not path.is_file():
         raise ValueError(f"image file {str(path)!r} does not exist")
     try:
@@ -78,7 +80,7 @@ def write_png(path, image):
     """Write ``image`` (``[3,H,W]``, ``[1,H,W]`` or a batch of one) in 0..1 as an 8-bit PNG, atomically.
 
     The bytes go to a temporary file in the same folder, which is then renamed over ``path``, so a reader
-    never sees a half-written file.
+    never sees a half-written file; the file gets the process umask's permissions (``safefiles.atomic_path``).
     """
     require_tensor("image", image)
     if image.ndim == 4 and image.shape[0] == 1:
