@@ -177,3 +177,39 @@ def test_loaded_models_compute_like_the_saved_ones(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(unet(x, lq, 0.5), models["compact_unet"](x, lq, 0.5), rtol=0, atol=1e-5)
     assert unet.cfg.param == "vp"
+
+
+@pytest.mark.parametrize("residue, modulus", [(128, 256), (0x4B50, 0x10000), (0x80 + 0x0200, 0x10000)],
+                         ids=["0x80 first byte", "PK length bytes", "0x80 0x02 like a pickle"])
+def test_a_safetensors_file_is_recognised_by_its_header_whatever_its_first_bytes(tmp_path, residue, modulus):
+    """The first 8 bytes are the header length: 1 valid file in 256 starts with 0x80 (a pickle's first byte),
+    1 in 65536 with "PK" (a zip archive's). Such files must load exactly like any other."""
+    from corpus_shared import header_length, resave_with_header_length
+
+    unet = CompactUNet(CompactUNetConfig.tiny(), seed=4)
+    src = save(unet, tmp_path / "unet.safetensors")
+    dst = tmp_path / "padded.safetensors"
+    n = resave_with_header_length(src, dst, residue, modulus)
+    assert n == header_length(dst) and n % modulus == residue
+    head = dst.read_bytes()[:2]
+    assert head[0] == 0x80 or head == b"PK"
+    assert same_weights(load(dst), unet)
+
+
+def test_pickles_are_still_refused_and_damaged_weights_named(tmp_path):
+    for name, kwargs in (("zip.pt", {}), ("legacy.pt", {"_use_new_zipfile_serialization": False})):
+        torch.save({"img_in.weight": torch.zeros(2)}, tmp_path / name, **kwargs)
+        with pytest.raises(WeightFileError, match=f"{name}: this is a PyTorch pickle"):
+            load(tmp_path / name)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(WeightFileError, match=r"empty\.safetensors: the file is empty"):
+        load(tmp_path / "empty.safetensors")
+    with pytest.raises(WeightFileError, match="is a folder, not a model file"):
+        load(tmp_path)
+    unet = CompactUNet(CompactUNetConfig.tiny(), seed=4)
+    with torch.no_grad():
+        unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    path = save(unet, tmp_path / "nan.safetensors")
+    with pytest.raises(WeightFileError, match=r"nan\.safetensors: 1 tensor\(s\) hold NaN or inf values "
+                                              r"\(\['conv_in.weight'\]\)"):
+        load(path)

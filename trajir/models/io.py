@@ -3,10 +3,12 @@
 ``load(path)`` recognises what a file holds from its keys (and, for trajir-written files, the ``trajir_kind`` /
 ``trajir_config`` metadata), builds the matching module on the meta device, checks every key and shape, then
 assigns the tensors, upcast to ``dtype`` (float32 by default; bf16 / fp16 / fp8-e4m3fn files, and ComfyUI's
-"scaled fp8" files, are dequantised). Nothing is unpickled. ``save`` writes atomically
-(``trajir.safefiles.write_safetensors``).
+"scaled fp8" files, are dequantised) and checked to be finite. Nothing is unpickled: what a file is follows from
+its header (length, then JSON), never from magic bytes. ``save`` writes atomically, with the process umask's
+permissions (``trajir.safefiles.write_safetensors``).
 """
 import json
+import os
 import pathlib
 import struct
 
@@ -31,6 +33,7 @@ UNET_PREFIX = "model.diffusion_model."
 # other components of a full ComfyUI / LDM checkpoint, skipped when the diffusion model is taken out of it
 CHECKPOINT_PREFIXES = ("vae.", "text_encoders.", "first_stage_model.", "cond_stage_model.", "conditioner.")
 META_KIND, META_CONFIG = "trajir_kind", "trajir_config"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -38,26 +41,67 @@ class WeightFileError(ValueError):
     """A weight file that is missing, unreadable, or does not hold a model trajir knows."""
 
 
+def safetensors_header(path):
+    """The parsed JSON header of a safetensors file (8-byte little-endian length, then that many bytes of JSON),
+    or None when the file does not start like one. Decides what a file is: a header length of 128 mod 256 starts
+    with the byte 0x80 and one of 0x4B50 mod 65536 with "PK", like pickles, yet the file is safetensors."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        length = struct.unpack("<Q", head)[0]
+        if length < 2 or length > min(size - 8, MAX_HEADER_BYTES):
+            return None
+        text = f.read(length)
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """torch.save's zip archive (a local file header "PK\x03\x04") or a bare pickle (protocol 2-5 opcode)."""
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
 def read_safetensors(path) -> tuple:
     """``(state_dict, metadata)`` of a safetensors file, with errors that name the file and what is wrong."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise WeightFileError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise WeightFileError(f"weight file {path.name!r} not found in folder {str(path.parent)!r}")
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise WeightFileError(f"{path}: this is a PyTorch pickle (.pt/.ckpt/.bin), which trajir never unpickles; "
-                              "convert it to safetensors")
+    if size == 0:
+        raise WeightFileError(f"{path}: the file is empty (0 bytes), not a readable safetensors file")
+    if safetensors_header(path) is None:
+        if _looks_like_pickle(head):
+            raise WeightFileError(f"{path}: this is a PyTorch pickle (.pt/.ckpt/.bin), which trajir never "
+                                  "unpickles; convert it to safetensors")
+        declared = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        raise WeightFileError(f"{path}: not a readable safetensors file (no JSON header: header length field "
+                              f"{declared}, file size {size} bytes); the file may be truncated or in another format")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
-        size = path.stat().st_size
-        declared = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        declared = struct.unpack("<Q", head)[0]
         raise WeightFileError(f"{path}: not a readable safetensors file ({e}); file size {size} bytes, header "
                               f"length field {declared}; the file may be truncated or in another format") from None
     return sd, metadata
+
+
+def check_finite_weights(sd: dict, path):
+    """Refuse NaN or inf weights (a diverged training run, a damaged file) before any work uses them."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightFileError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values ({_few(bad)}); the weights are "
+                              "damaged (e.g. exported from a diverged training run)")
 
 
 def take_diffusion_model(sd: dict, path) -> dict:
@@ -257,6 +301,7 @@ def load(path, device="cpu", dtype=None) -> nn.Module:
     model = build_for(kind, sd, metadata, path)
     check_state_dict(model, sd, path)
     sd = dequantize(sd, scales, dtype)
+    check_finite_weights(sd, path)
     if kind == "instantx_controlnet":
         sd = diffusers_to_bfl(sd)
     model.load_state_dict({k: v.to(device) for k, v in sd.items()}, strict=True, assign=True)
