@@ -1,5 +1,8 @@
 """python -m trajir.restore and the shipped default restorers: real photos, sizes, PSNR gains, errors."""
+import math
+
 import pytest
+import torch
 
 from conftest import load_pack
 from trajir.compact import load_compact, restore, shipped_models
@@ -59,3 +62,44 @@ def test_compact_restore_node_offers_the_shipped_models():
     assert model_file("lowlight (shipped)") == str(SHIPPED["lowlight"])
     with pytest.raises(ValueError, match="no shipped restorer for task 'sky'"):
         model_file("sky (shipped)")
+
+
+@pytest.mark.parametrize("tile", [32, 33, 40, 64, 100, 256])
+@pytest.mark.parametrize("length", [32, 97, 300, 4000])
+def test_tiles_cover_the_image_and_their_count_stays_near_length_over_tile(tile, length):
+    """The default blending width is min(32, tile // 4), so tiles step by at least 3/4 of a tile: a 33 px tile
+    once stepped by 1 px (98,600 tiles for a 400 x 300 photo)."""
+    from trajir.tiling import tile_overlap, tile_starts
+
+    overlap = tile_overlap(tile)
+    assert overlap == min(32, tile // 4)
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts[-1] == max(0, length - tile)
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours overlap by >= overlap
+    assert len(starts) < 4 / 3 * length / tile + 1  # ceil((L - o) / (t - o)) with t - o >= 3 t / 4
+    if length > tile:
+        assert len(starts) >= math.ceil(length / tile)
+
+
+def test_tile_settings_that_cannot_work_are_refused():
+    from trajir.tiling import tile_overlap
+
+    assert tile_overlap(0) == 0 and tile_overlap(256) == 32 and tile_overlap(64, 32) == 32
+    for tile in (1, 31, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"tile must be 0 \(the whole image at once\) or at least 32 px"):
+            tile_overlap(tile)
+    for overlap in (-1, 33, 1.5):
+        with pytest.raises(ValueError, match=r"overlap must be >= 0 and at most tile // 2 \(32 for tile 64\)"):
+            tile_overlap(64, overlap)
+    with pytest.raises(ValueError, match=r"--tile must be 0"):
+        tile_overlap(7, name="--tile")
+
+
+def test_seeds_are_integers_of_64_bits(tmp_path):
+    net, recipe = load_compact(SHIPPED["lowlight"])
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    top = restore(net, recipe, lq, seed=2**64 - 1)
+    assert torch.isfinite(top).all() and not torch.equal(top, restore(net, recipe, lq, seed=0))
+    for seed in (-1, 2**64, 1.5, "3"):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^64 - 1\]"):
+            restore(net, recipe, lq, seed=seed)

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from safetensors import safe_open
 
-from .checks import require_finite, require_image_batch
+from .checks import require_image_batch, require_seed, require_unit_interval
 from .grids import grid_from_description
-from .tiling import blend_tiles, check_tiling
+from .tiling import blend_tiles, tile_overlap
 from .trajectory import run_from_lq
 
 RECIPE_KEY = "trajir_recipe"
@@ -83,17 +83,19 @@ def to_images(states):
 
 
 @torch.no_grad()
-def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
+def restore(model, recipe, lq, seed=0, tile=0, overlap=None, progress=None):
     """Restore ``lq`` ``[B, 3, H, W]`` (0..1) with ``model`` following ``recipe``; returns images in 0..1.
 
-    ``tile > 0`` processes overlapping tiles of that size and blends them (``trajir.tiling``; large images on small
-    memory); the noise is drawn once for the whole image (CPU, from ``seed``), so tiles agree where they overlap.
+    ``tile > 0`` (at least 32) processes overlapping tiles of that size and blends them over ``overlap`` pixels
+    (default ``min(32, tile // 4)``; ``trajir.tiling.tile_overlap``), for large images on small memory; the noise is
+    drawn once for the whole image (CPU, from ``seed``, an integer in [0, 2^64 - 1]), so tiles agree where they
+    overlap.
     ``progress(done, total)`` is called after each tile.
     """
     require_image_batch("lq", lq)
-    require_finite("lq", lq)
-    if lq.min() < 0 or lq.max() > 1:
-        raise ValueError(f"lq must hold values in 0..1, got {float(lq.min()):.3g}..{float(lq.max()):.3g}")
+    require_unit_interval("lq", lq)
+    require_seed("seed", seed)
+    overlap = tile_overlap(tile, overlap)
     grid = grid_from_description(recipe.grid)
     device = next(model.parameters()).device
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(int(seed)))
@@ -114,7 +116,6 @@ def restore(model, recipe, lq, seed=0, tile=0, overlap=32, progress=None):
         if progress is not None:
             progress(1, 1)
         return to_images(out)
-    check_tiling(tile, overlap)
     # lq and noise travel as one tensor, so every tile gets the matching crops of both
     out = blend_tiles(lambda part: run(part[:, :3], part[:, 3:]), torch.cat([lq_state, noise], dim=1), tile, overlap,
                       out_channels=3, progress=progress)

@@ -4,9 +4,14 @@ tiled restoration).
 Tiles start every ``tile - overlap`` samples and the last one sits flush with the end. Each tile's output is
 weighted by the product of per-axis linear ramps over its inner edges (flat at the image border) and the sum is
 normalised by the summed weights, so a map that commutes with cropping (a tile-local map) is reproduced exactly.
+The tile count is about ``(H / (tile - overlap)) (W / (tile - overlap))``, so tiled restoration keeps the overlap
+at most half a tile (``tile_overlap``): a 33 px tile with a 32 px overlap would step by one pixel.
 """
 import torch
 from torch import Tensor
+
+MIN_TILE = 32       # tiled restoration: smaller tiles see too little of the image, and their count grows as 1 / tile^2
+MAX_OVERLAP = 32    # tiled restoration's default blending width, at most a quarter of the tile
 
 
 def check_tiling(tile: int, overlap: int, multiple: int = 1, unit: str = "pixels"):
@@ -16,6 +21,23 @@ def check_tiling(tile: int, overlap: int, multiple: int = 1, unit: str = "pixels
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0 or overlap % multiple \
             or overlap >= tile:
         raise ValueError(f"overlap must be a multiple of {multiple} {unit} in [0, tile={tile}), got {overlap!r}")
+
+
+def tile_overlap(tile, overlap=None, name="tile"):
+    """Tiled restoration's blending width for ``tile`` (0: no tiling, no overlap): ``overlap``, or by default
+    ``min(32, tile // 4)``.
+
+    Tiles start every ``tile - overlap`` pixels, so the overlap must stay well below the tile for the count to stay
+    near ``(H / tile) (W / tile)``: at most ``tile // 2`` (at most 4 times that count; the default, 1.8 times).
+    Refuses tiles below ``MIN_TILE`` (other than 0) with an error naming ``name``.
+    """
+    if isinstance(tile, bool) or not isinstance(tile, int) or (tile != 0 and tile < MIN_TILE):
+        raise ValueError(f"{name} must be 0 (the whole image at once) or at least {MIN_TILE} px, got {tile!r}")
+    if tile == 0 or overlap is None:
+        return min(MAX_OVERLAP, tile // 4)
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= tile // 2:
+        raise ValueError(f"overlap must be >= 0 and at most tile // 2 ({tile // 2} for tile {tile}), got {overlap!r}")
+    return overlap
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list:
