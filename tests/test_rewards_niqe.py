@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import sample_photo
 
 from trajir.rewards import niqe as N
-from trajir.rewards import score
+from trajir.rewards import Reward, score
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 SIZE = (288, 384)  # 3 x 4 blocks of 96 px: small enough for CI, enough blocks for a stable fit
@@ -145,10 +145,20 @@ def test_aggd_fit_recovers_known_distributions(kind):
     torch.testing.assert_close(beta_r, beta_true, rtol=0.02, atol=0)
 
 
-def test_flat_image_has_no_structure_and_scores_nan():
+def test_a_flat_image_has_no_niqe_an_error_alone_the_worst_reward_in_a_mix():
     flat = torch.full((1, 3, 96, 96), 0.5)
-    assert torch.isnan(N.niqe(flat)).all()
-    assert score("niqe", flat).isnan().all()
+    textured = noisy(sample_photo("coffee", (96, 96)), 0.05)
+    with pytest.raises(ValueError, match=r"NIQE is undefined for images \[1\]: no 96-px block has structure"):
+        N.niqe(torch.cat([textured, flat]))
+    with pytest.raises(ValueError, match=r"NIQE is undefined for images \[0\]"):
+        score("niqe", flat)
+    both = N.niqe(torch.cat([textured, flat]), flat="nan")
+    assert torch.isfinite(both[0]) and torch.isnan(both[1])
+    assert float(both[0]) == float(N.niqe(textured)[0])
+    reward = Reward({"niqe": 1.0})(torch.cat([textured, flat]))  # a mix ranks it last instead of failing
+    assert float(reward[1]) == 0.0 and float(reward[0]) == pytest.approx(min(1.0, max(0.0, 1 - float(both[0]) / 10)))
+    with pytest.raises(ValueError, match="flat must be one of"):
+        N.niqe(flat, flat="zero")
 
 
 def test_half_precision_inputs_are_scored_in_float32():

@@ -25,7 +25,8 @@ def test_registry_declares_every_metric():
     assert {n for n, m in METRICS.items() if not m.higher_is_better} == {"niqe", "lpips"}
     assert {n for n, m in METRICS.items() if m.needs_pyiqa} == set(LEARNED)
     assert get_metric("lpips").weight_files == (("LPIPS_v0.1_alex-df73285e.pth",), ("alexnet-owt-7be5be79.pth",))
-    assert get_metric("niqe").options == ("color_space", "params_path")
+    assert get_metric("niqe").options == ("color_space", "params_path", "flat")
+    assert dict(get_metric("niqe").mix_options) == {"flat": "nan"}
     assert get_metric("maniqa").options == ("iqa_dir", "crops")
     assert get_metric("psnr").options == ()
 
@@ -61,7 +62,7 @@ def test_calling_convention_errors():
     with pytest.raises(ValueError, match=r"unknown metric 'fid'; expected one of \['clipiqa', 'lpips'"):
         score("fid", x)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\] for metric 'niqe'; it accepts "
-                                         r"\['color_space', 'params_path'\]"):
+                                         r"\['color_space', 'params_path', 'flat'\]"):
         score("niqe", x, colour="yiq")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['window'\] for metric 'ssim'; it accepts no options"):
         score("ssim", x, x, window=7)

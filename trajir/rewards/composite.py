@@ -100,7 +100,8 @@ class Reward:
         out = {}
         for name, opts in self.options.items():
             metric = get_metric(name)
-            out[name] = metric(images, reference if metric.full_reference else None, **opts)
+            out[name] = metric(images, reference if metric.full_reference else None,
+                               **{**dict(metric.mix_options), **opts})
         return out
 
     def combine(self, details):

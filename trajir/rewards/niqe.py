@@ -23,7 +23,9 @@ and the places where pyiqa rounds to float32 are kept as pyiqa has them (the Gau
 half-scale resize), so that our scores equal pyiqa's to ~1e-6, up to such a grid flip in an occasional image.
 
 Blocks without structure (a flat block has no negative and no positive MSCN values) give NaN features, which are
-left out as the reference's nanmean / nancov do; an image with no valid block scores NaN.
+left out as the reference's nanmean / nancov do. An image with no valid block (a flat image) has no NIQE: ``niqe``
+refuses it with an error naming the image, or with ``flat="nan"`` scores it NaN (what reward mixes use: their
+normaliser maps NaN to 0, the worst).
 """
 import functools
 import pathlib
@@ -212,12 +214,19 @@ def niqe_from_luma(y, params=None):
     return torch.where(valid, quality, torch.nan)
 
 
-def niqe(images, color_space="yiq", params_path=None):
+FLAT_CHOICES = ("error", "nan")
+
+
+def niqe(images, color_space="yiq", params_path=None, flat="error"):
     """NIQE of ``images [B, 3, H, W]`` in 0..1 (H, W >= 96) -> ``[B]`` float32, lower is better.
 
     ``color_space``: "yiq" (pyiqa's ``niqe``; MATLAB rgb2gray) or "ycbcr" (basicsr's Y channel).
     ``params_path``: another ``.npz`` of the basicsr layout (default: the shipped LIVE parameters).
+    ``flat``: what an image without a single structured 96-px block gets (a flat image, whose NIQE is undefined):
+    ``"error"`` raises a ``ValueError`` naming the images, ``"nan"`` scores them NaN.
     """
+    if flat not in FLAT_CHOICES:
+        raise ValueError(f"flat must be one of {FLAT_CHOICES}, got {flat!r}")
     check_images("images", images, BLOCK, "NIQE")
     params = load_pristine_params(PARAMS_PATH if params_path is None else pathlib.Path(params_path))
     device = images.device
@@ -225,4 +234,9 @@ def niqe(images, color_space="yiq", params_path=None):
     work = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     y = luma(images.to(work, torch.float32), color_space).mul(255).round().double()
     with torch.no_grad():
-        return niqe_from_luma(y, params).float().to(device)
+        scores = niqe_from_luma(y, params).float()
+    undefined = torch.isnan(scores).nonzero().flatten().tolist()
+    if undefined and flat == "error":
+        raise ValueError(f"NIQE is undefined for images {undefined}: no 96-px block has structure (a flat or nearly "
+                         "flat image); pass flat='nan' to score such images NaN")
+    return scores.to(device)

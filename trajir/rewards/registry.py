@@ -3,7 +3,8 @@
 ``metric(images, reference=None, **options) -> [B] float32`` on ``images.device``, with images ``[B, 3, H, W]``
 in 0..1 (values outside are refused, see ``common.py``) and scores in the metric's own units. Each entry states
 whether it needs a reference, whether higher is better, and a normaliser to "about 0..1, higher is better" used to
-mix metrics (docs/equations.md §5). Normalised NaN (NIQE of an image without structure) counts as 0, the worst.
+mix metrics (docs/equations.md §5). Normalised NaN (NIQE of an image without structure, which a mix asks for
+through the metric's ``mix_options``; called alone, NIQE refuses such an image) counts as 0, the worst.
 """
 import dataclasses
 import inspect
@@ -46,6 +47,7 @@ class Metric:
     min_size: int
     description: str
     needs_pyiqa: bool = False
+    mix_options: tuple = ()  # (name, value) options a reward mix passes: what a ranking needs, not an error
 
     @property
     def options(self):
@@ -87,7 +89,7 @@ METRICS = {m.name: m for m in (
     Metric("ssim_y", fidelity.ssim_y, True, True, Normaliser(1.0), "", fidelity.SSIM_WINDOW,
            "SSIM on the YCbCr Y channel"),
     Metric("niqe", niqe.niqe, False, False, Normaliser(-1 / 10, 1.0, clip=True), "", niqe.BLOCK,
-           "NIQE with the LIVE pristine model (in-house torch)"),
+           "NIQE with the LIVE pristine model (in-house torch)", mix_options=(("flat", "nan"),)),
     Metric("uciqe", underwater.uciqe, False, True, Normaliser(1.0), "", 1,
            "UCIQE underwater colour quality (in-house)"),
     Metric("uiqm", underwater.uiqm, False, True, Normaliser(1 / 5), "", underwater.UIQM_BLOCK,

@@ -6,7 +6,7 @@ import torch
 
 from ..data import evaluation_batches, write_png
 from ..models import save
-from ..rewards import score
+from ..rewards import get_metric
 from .restorers import sample_images
 
 
@@ -74,11 +74,13 @@ def evaluate(restorer, net, recipe, datasets, metrics, batch_size=2, draws=1, gr
             for batch in evaluation_batches(dataset, batch_size, draw=draw):
                 out = sample_images(restorer, net, recipe, batch["lq"], seed=draw).cpu().float()
                 for m in metrics:
-                    scores[m].append(score(m, out, batch["gt"]))
+                    metric = get_metric(m)  # no-reference metrics take no GT; a flat output scores NaN, not an error
+                    scores[m].append(metric(out, batch["gt"] if metric.full_reference else None,
+                                            **dict(metric.mix_options)))
                 for lq, o, gt in zip(batch["lq"], out, batch["gt"]):
                     if len(rows) < grid_rows:
                         rows.append(torch.cat([lq, o, gt], dim=-1))
-    means = {m: float(torch.cat(v).mean()) for m, v in scores.items() if v}
+    means = {m: float(torch.cat(v).nanmean()) for m, v in scores.items() if v}
     picture = torch.cat(rows, dim=-2) if rows else None
     return means, picture
 
