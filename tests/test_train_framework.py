@@ -216,3 +216,33 @@ def test_every_shipped_config_resolves_and_names_real_tasks():
     for name in shipped_configs():
         cfg = load_config(resolve_config(name))
         assert all(task in TASKS for task, _ in parse_task_mix(cfg["data.task"])), name
+
+
+def test_a_diverging_run_stops_with_its_last_finite_checkpoint_and_no_export(tmp_path):
+    from trajir.train.loop import TrainingDiverged
+
+    cfg = tiny_config(tmp_path, "run.max_steps=6", "optim.lr=1e12", "optim.grad_clip=0", "run.save_every=1")
+    with pytest.raises(TrainingDiverged, match=r"the loss is (nan|inf) at step 2 \(optim.lr=1000000000000.0, "
+                                               r"optim.grad_clip=0.0\); the run is stopped: the last checkpoint, "
+                                               r".*step_00000001, holds finite weights, and no model was exported"):
+        train(cfg)
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
+    assert not list(tmp_path.glob("*.safetensors"))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]  # the NaN step is not logged
+    with pytest.raises(SystemExit, match=r"trajir.train: the loss is (nan|inf) at step \d"):  # a non-zero exit
+        train_main(["compact_lowlight_cpu", *[a for kv in TINY for a in ("--set", kv)], "--set",
+                    f"run.out_dir={tmp_path / 'cli'}", "--set", "optim.lr=1e12", "--set", "run.max_steps=4"])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("run.seed=-1", r"run.seed must lie in \[0, 2\^63 - 1\], got -1"),
+    ("optim.beta2=1.0", r"optim.beta2 must lie in \[0, 1\), got 1.0"),
+    ("sampling.beta_start=0.0", r"sampling.beta_start must be > 0, got 0.0"),
+    ("rl.refresh_every=0", r"rl.refresh_every must be >= 1, got 0"),
+    ("data.val_crop=8", r"data.val_crop must be 0 \(whole images\) or at least 16, got 8"),
+    ("optim.skip_nonfinite=-1", r"optim.skip_nonfinite must be >= 0, got -1"),
+    ("rl.explore_std=nan", r"rl.explore_std must be a finite number, got nan from --set rl.explore_std=nan"),
+])
+def test_values_that_cannot_work_are_refused_when_the_config_loads(setting, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [setting])

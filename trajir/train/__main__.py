@@ -49,6 +49,9 @@ def parser():
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set optim.lr=1e-4")
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint or a folder")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="let --resume change training-relevant keys (optim.*, data.*, model.*, ...); without it a "
+                        "resume whose config differs from the checkpoint's is refused")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
     p.add_argument("--list-keys", action="store_true", help="list every config key and exit")
@@ -75,11 +78,14 @@ def main(argv=None):
     if args.print_config:
         print(cfg.to_toml())
         return 0
-    if command is not None:
-        return run_command(command, cfg, args)
-    from .loop import train
+    from .loop import TrainingDiverged, train
 
-    status = train(cfg, resume=args.resume)
+    try:
+        if command is not None:
+            return run_command(command, cfg, args)
+        status = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
+    except (ValueError, FileNotFoundError, TrainingDiverged) as e:  # bad input and divergence: the message says it
+        raise SystemExit(f"trajir.train: {e}") from None
     return 0 if status == "done" else 130
 
 
@@ -89,7 +95,7 @@ def run_command(command, cfg, args):
     if command == "reproduce":
         from .reproduce import reproduce
 
-        reproduce(cfg)
+        reproduce(cfg, allow_config_change=args.allow_config_change)
     elif command == "evaluate":
         if not args.models:
             raise SystemExit("trajir.train evaluate: name at least one exported model file")

@@ -2,7 +2,7 @@
 import math
 
 from ..checks import parse_weights
-from ..data import Loader, PairedFolders, SyntheticPairs, TaskMix, list_images, sample_images, split_holdout
+from ..data import TASKS, Loader, PairedFolders, SyntheticPairs, TaskMix, list_images, sample_images, split_holdout
 from ..grids import RFGrid, VPGrid
 from ..models import CompactUNet, CompactUNetConfig, load
 
@@ -10,13 +10,25 @@ EPOCH_SAMPLES = 512  # samples per data epoch when the folders hold fewer (crops
 
 
 def parse_task_mix(text):
-    """``"lowlight"`` or ``"sr=3, denoise=1"`` -> ``[("sr", 3.0), ("denoise", 1.0)]``."""
+    """``"lowlight"`` or ``"sr=3, denoise=1"`` -> ``[("sr", 3.0), ("denoise", 1.0)]``; task names are checked."""
     if "=" not in text:
-        return [(text.strip(), 1.0)]
-    mix = parse_weights(text, "data.task")
-    if not all(w > 0 for w in mix.values()):
-        raise ValueError(f"data.task: every task weight must be > 0, got {text!r}")
+        mix = {text.strip(): 1.0}
+    else:
+        mix = parse_weights(text, "data.task")
+        if not all(w > 0 for w in mix.values()):
+            raise ValueError(f"data.task: every task weight must be > 0, got {text!r}")
+    unknown = [t for t in mix if t not in TASKS]
+    if unknown:
+        raise ValueError(f"data.task: unknown task(s) {', '.join(repr(t) for t in unknown)}; expected one of "
+                         f"{', '.join(sorted(TASKS))}")
     return list(mix.items())
+
+
+def _split(items, holdout):
+    try:
+        return split_holdout(items, holdout) if holdout else (items, [])
+    except ValueError as e:
+        raise ValueError(f"data.holdout: {e}") from None
 
 
 def build_grid(cfg):
@@ -28,7 +40,7 @@ def build_grid(cfg):
 def split_files(cfg):
     """``(training files, held-out files)`` of a clean-image config (``data.clean_dir`` or the bundled samples)."""
     files = list_images(cfg["data.clean_dir"], "data.clean_dir") if cfg["data.clean_dir"] else sample_images()
-    return split_holdout(files, cfg["data.holdout"]) if cfg["data.holdout"] else (files, [])
+    return _split(files, cfg["data.holdout"])
 
 
 def held_out_files(cfg):
@@ -42,7 +54,7 @@ def build_datasets(cfg):
     shuffle = cfg["data.shuffle_channels"]
     if cfg["data.paired_dir"]:
         names = PairedFolders(cfg["data.paired_dir"]).names
-        train_names, val_names = split_holdout(names, holdout) if holdout else (names, [])
+        train_names, val_names = _split(names, holdout)
         train = [(PairedFolders(cfg["data.paired_dir"], crop=crop, seed=seed, names=train_names,
                                 shuffle_channels=shuffle), 1.0)]
         val = [PairedFolders(cfg["data.paired_dir"], crop=val_crop, seed=seed + 1, names=val_names, hflip=False)]

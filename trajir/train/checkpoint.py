@@ -2,8 +2,11 @@
 
 A checkpoint folder ``checkpoints/step_00001000/`` holds ``tensors.safetensors`` (model, EMA, optimiser tensors,
 RNG states) and ``state.json`` (step, scheduler, data order, optimiser structure, config). It is written under a
-temporary name and renamed into place, so a crash leaves either the complete folder or none. No pickles.
+temporary name and renamed into place, so a crash leaves either the complete folder or none (the temporary
+``.tmp_step_*`` folder of a killed write is removed by ``remove_leftovers`` on the next start). No pickles.
+``load_latest`` skips a damaged newest checkpoint for the previous intact one and says which it skipped.
 """
+import glob
 import json
 import os
 import re
@@ -11,9 +14,9 @@ import shutil
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..safefiles import write_text
+from ..safefiles import write_safetensors, write_text
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -60,7 +63,7 @@ def save_checkpoint(root, step, state, keep_last=3):
     os.makedirs(tmp)
     tensors = {}
     structure = flatten_tensors("state", state, tensors)
-    save_file(tensors, os.path.join(tmp, "tensors.safetensors"))
+    write_safetensors(os.path.join(tmp, "tensors.safetensors"), tensors)
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({"step": step, "structure": structure}, f)
         f.flush()
@@ -87,6 +90,20 @@ def list_checkpoints(root):
     return [os.path.join(root, n) for n in names]
 
 
+def remove_leftovers(root):
+    """Remove what killed writes left under ``root`` (``.tmp_step_*`` folders, ``.latest.*.tmp`` files of
+    ``safefiles.atomic_path``); returns their paths. Only the process that writes checkpoints may call this, before
+    it writes any."""
+    found = sorted(glob.glob(os.path.join(glob.escape(os.fspath(root)), ".tmp_step_*"))
+                   + glob.glob(os.path.join(glob.escape(os.fspath(root)), ".latest.*.tmp")))
+    for path in found:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return found
+
+
 def resolve_resume(root, which):
     """``which`` = ``latest`` (the newest complete checkpoint under ``root``) or a checkpoint folder path."""
     if which == "latest":
@@ -105,6 +122,35 @@ def load_checkpoint(folder):
         with open(os.path.join(folder, "state.json")) as f:
             meta = json.load(f)
         tensors = load_file(os.path.join(folder, "tensors.safetensors"))
+        return meta["step"], unflatten_tensors(meta["structure"], tensors)
     except (OSError, json.JSONDecodeError, SafetensorError) as e:
         raise ValueError(f"checkpoint {folder} is unreadable or incomplete: {e}") from e
-    return meta["step"], unflatten_tensors(meta["structure"], tensors)
+    except (KeyError, TypeError, ValueError) as e:  # a structure that names tensors the file lacks, or is mangled
+        raise ValueError(f"checkpoint {folder} is unreadable or incomplete: its state.json does not match its "
+                         f"tensors ({type(e).__name__}: {e})") from e
+
+
+def load_latest(root):
+    """``(folder, step, state, skipped)``: the newest checkpoint under ``root`` that reads back. ``skipped`` lists
+    ``(folder, error)`` of newer ones that did not (a damaged write); the caller warns about them."""
+    found = list_checkpoints(root)
+    if not found:
+        raise FileNotFoundError(f"--resume latest: no checkpoint under {root}; start without --resume")
+    skipped = []
+    for folder in reversed(found):
+        try:
+            step, state = load_checkpoint(folder)
+        except ValueError as e:
+            skipped.append((folder, e))
+            continue
+        return folder, step, state, skipped
+    raise ValueError(f"--resume latest: no intact checkpoint under {root}; every one is damaged: "
+                     + "; ".join(str(e) for _, e in skipped))
+
+
+def require_entries(state, folder, names):
+    """Every entry a resume needs; a missing one is an error naming the folder and the entry."""
+    for name in names:
+        if name not in state:
+            raise ValueError(f"checkpoint {folder} lacks the entry {name!r}; it is incomplete or was written by a "
+                             "different kind of run")

@@ -6,6 +6,7 @@ silently trains with a default.
 import copy
 import difflib
 import json
+import math
 import tomllib
 
 DEFAULTS = {
@@ -55,6 +56,7 @@ DEFAULTS = {
         "warmup_steps": 0,
         "schedule": "constant",     # constant | cosine
         "grad_clip": 1.0,           # 0 disables clipping
+        "skip_nonfinite": 0,        # steps with a NaN/inf loss skipped (no update) before the run stops; 0: stop
     },
     "sampling": {
         "steps": 10,                # teacher / evaluation grid (NFE of the ODE)
@@ -189,6 +191,8 @@ def _coerce(key, value, source):
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value} from {source}")
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -236,9 +240,73 @@ def load_config(path=None, overrides=()):
         if isinstance(cfg[key], str) and not isinstance(value, str):  # "rl.branch_steps=3" means the text "3"
             value = text.split("=", 1)[1].strip()
         cfg[key] = _coerce(key, value, f"--set {text}")
-    for key in ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every",
-                "run.keep_last", "sampling.steps", "rl.branches", "distill.student_steps", "val.batch_size",
-                "val.draws", "eval.crops", "eval.draws", "eval.resamples"):
+    check_ranges(cfg)
+    return cfg
+
+
+SEED_MAX = 2**63 - 1  # the data order and the per-sample keys derive 63-bit seeds from it
+AT_LEAST_1 = ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every", "run.keep_last",
+              "sampling.steps", "rl.branches", "rl.refresh_every", "distill.student_steps", "distill.cost_batches",
+              "val.batch_size", "val.draws", "flux.controlnet_depth", "reproduce.rl_steps", "reproduce.distill_steps",
+              "eval.crops", "eval.draws", "eval.resamples")
+NON_NEGATIVE = ("run.val_every", "run.threads", "data.holdout", "optim.weight_decay", "optim.warmup_steps",
+                "optim.grad_clip", "optim.skip_nonfinite", "rl.eta_fixed", "rl.explore_std", "rl.gt_weight",
+                "rl.final_weight", "rl.align_weight", "distill.start_index", "distill.ngs_w", "flux.controlnet_scale",
+                "flux.guidance")
+POSITIVE = ("optim.lr", "optim.eps", "rl.eta_max", "rl.modulation_lr", "reproduce.rl_lr", "reproduce.distill_lr",
+            "sampling.beta_start", "sampling.beta_end")
+UNIT_OPEN = ("optim.beta1", "optim.beta2", "model.ema_decay")  # [0, 1)
+MIN_CROP = 16
+
+
+def check_ranges(cfg):
+    """Values that cannot work are refused here, before anything is built, with the key in the message."""
+    for key in AT_LEAST_1:
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
-    return cfg
+    for key in NON_NEGATIVE:
+        if cfg[key] < 0:
+            raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+    for key in POSITIVE:
+        if not cfg[key] > 0:
+            raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+    for key in UNIT_OPEN:
+        if not 0 <= cfg[key] < 1:
+            raise ValueError(f"{key} must lie in [0, 1), got {cfg[key]}")
+    if not 0 <= cfg["run.seed"] <= SEED_MAX:
+        raise ValueError(f"run.seed must lie in [0, 2^63 - 1], got {cfg['run.seed']}")
+    for key in ("data.crop", "data.val_crop"):
+        if cfg[key] != 0 and cfg[key] < MIN_CROP:
+            raise ValueError(f"{key} must be 0 (whole images) or at least {MIN_CROP}, got {cfg[key]}")
+    if not 0 <= cfg["distill.rho"] <= 1:
+        raise ValueError(f"distill.rho must lie in [0, 1], got {cfg['distill.rho']}")
+    if cfg["distill.lq_weight"] > 1:
+        raise ValueError(f"distill.lq_weight must be < 0 (the schedule's value) or lie in [0, 1], got "
+                         f"{cfg['distill.lq_weight']}")
+
+
+# Keys a resumed run may change freely: where and how often it logs, saves, validates and evaluates, how long it
+# runs, on which device and threads. Every other key shapes the training itself, and a resume that changes one is
+# refused (trajir.train --allow-config-change accepts it).
+RESUME_FREE = ("run.out_dir", "run.max_steps", "run.log_every", "run.save_every", "run.keep_last", "run.val_every",
+               "run.export", "run.threads", "run.device", "flux.gradient_checkpointing")
+RESUME_FREE_SECTIONS = ("val", "reproduce", "eval")
+
+
+def training_changes(saved, cfg):
+    """``[(key, saved value, new value)]`` for the training-relevant keys where ``cfg`` differs from ``saved`` (the
+    config a checkpoint was written with). Keys the saved config lacks (added since) count only when the new
+    value is not the default."""
+    out = []
+    for key, value in cfg.items():
+        if key in RESUME_FREE or key.split(".")[0] in RESUME_FREE_SECTIONS:
+            continue
+        default = DEFAULTS[key.split(".")[0]][key.split(".")[1]]
+        old = saved.get(key, default)
+        if old != value:
+            out.append((key, old, value))
+    return out
+
+
+def describe_changes(changes):
+    return ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)

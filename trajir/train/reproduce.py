@@ -49,7 +49,7 @@ COMPARISONS = [("rl", "pretrained"), ("rl", "control"), ("control", "pretrained"
                ("rl_distill_1", "distill_1"), ("rl_distill_1", "pretrained"), ("distill_2", "pretrained")]
 
 
-def reproduce(cfg, log=print):
+def reproduce(cfg, log=print, allow_config_change=False):
     """Run every phase, evaluate every model, write ``results.json`` and ``results.md``; return the rows."""
     steps, files, common = phases(cfg)
     timings = {}
@@ -65,7 +65,7 @@ def reproduce(cfg, log=print):
         log(f"[reproduce] {name}: {phase['run.stage']} for {phase['run.max_steps']} steps"
             + (" (resuming)" if resume else ""))
         start = time.time()
-        if train(phase, resume=resume) != "done":
+        if train(phase, resume=resume, allow_config_change=allow_config_change) != "done":
             raise SystemExit(f"[reproduce] stopped during {name}; run the same command again to continue")
         timings[name] = time.time() - start
     metrics = ["psnr", "ssim"] + (["lpips"] if "lpips" in available() else [])
