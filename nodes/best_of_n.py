@@ -171,14 +171,17 @@ class TrajIRBestOfN:
             raise ValueError("latent_image has a noise_mask; Best-of-N samples whole latents (no inpainting)")
         images = samples.shape[0]
         chunk = chunk_size(batch_size, images)
+        ref = None if reference is None else image_to_bchw("reference", reference)  # checked before the sampling
+        if reward.needs_reference and ref is None:
+            raise ValueError("the reward uses a full-reference metric; connect the ground truth to 'reference'")
+        if ref is not None and ref.shape[0] not in (1, images):
+            raise ValueError(f"reference holds {ref.shape[0]} images but latent_image holds {images}; give one "
+                             "reference, or one per image")
         samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, samples)
         start_noise = noise.generate_noise({**latent_image, "samples": samples})
         if start_noise.shape != samples.shape:
             raise ValueError(f"the noise has shape {tuple(start_noise.shape)} but latent_image has shape "
                              f"{tuple(samples.shape)}; expected equal shapes")
-        ref = None if reference is None else image_to_bchw("reference", reference)
-        if reward.needs_reference and ref is None:
-            raise ValueError("the reward uses a full-reference metric; connect the ground truth to 'reference'")
 
         runner = BranchSampler(etas, mode, branch_step, batch_size)
         out = guider.sample(start_noise, samples, comfy.samplers.KSAMPLER(runner), sigmas, denoise_mask=None,

@@ -20,6 +20,7 @@ def image_to_bchw(name, image):
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
         raise ValueError(f"{name} must be a ComfyUI IMAGE [batch, height, width, 1/3/4 channels], got {shape}")
+    _require_items(name, image.shape[0], image.shape[1:3], "images", tuple(image.shape))
     x = image.float()[..., :3].permute(0, 3, 1, 2)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -44,10 +45,20 @@ def latent_samples(name, latent, channels=None, frames=False):
     if not frames and samples.ndim != 4:
         raise ValueError(f"{name} must hold image latents [batch, channels, height, width], got shape "
                          f"{tuple(samples.shape)}")
+    _require_items(name, samples.shape[0], samples.shape[2:], "latents", tuple(samples.shape))
     if channels is not None and samples.shape[1] != channels:
         raise ValueError(f"{name} has {samples.shape[1]} channels but the model expects {channels} (shape "
                          f"{tuple(samples.shape)}); encode the image with the VAE that belongs to this model")
     return samples
+
+
+def _require_items(name, batch, size, what, shape):
+    """A batch of at least one item of non-zero size (an empty batch otherwise fails deep inside, unnamed)."""
+    if batch == 0:
+        raise ValueError(f"{name} is an empty batch (0 {what}, shape {shape}); expected at least one")
+    if 0 in tuple(size):
+        raise ValueError(f"{name} has a height, width or frame count of 0 (shape {shape})" if len(size) == 3
+                         else f"{name} has a height or width of 0 (shape {shape})")
 
 
 def model_latent_channels(model_patcher):

@@ -7,7 +7,9 @@ import os
 
 import torch
 
+from ..trajir.checks import SEED_MAX, require_seed, require_unit_interval
 from ..trajir.compact import load_compact, restore, shipped_models
+from ..trajir.tiling import tile_overlap
 from .comfy_bridge import bchw_to_image, check_interrupt, image_to_bchw, model_folder_paths
 
 MODEL_FOLDER = "trajir"
@@ -63,7 +65,8 @@ class TrajIRCompactRestore:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the sampling noise (the result is the same on every device)."}),
             "tile": ("INT", {"default": 256, "min": 0, "max": 4096, "step": 32,
-                             "tooltip": "Tile size for large images (0 restores the whole image at once)."}),
+                             "tooltip": "Tile size for large images (0 restores the whole image at once; else at "
+                                        "least 32)."}),
         }}
 
     def restore(self, image, model, seed, tile):
@@ -71,13 +74,16 @@ class TrajIRCompactRestore:
         import comfy.utils
 
         images = image_to_bchw("image", image)
+        require_unit_interval("image", images)
+        require_seed("seed", seed)
+        tile_overlap(tile)  # a tile size that cannot work fails here, before the model is loaded
         device = comfy.model_management.get_torch_device()
         net, recipe = load_compact(model_file(model), device=device)
         bar = comfy.utils.ProgressBar(images.shape[0])
         out = []
         for i in range(images.shape[0]):
             check_interrupt()
-            out.append(restore(net, recipe, images[i:i + 1], seed=seed + i, tile=tile,
+            out.append(restore(net, recipe, images[i:i + 1], seed=(seed + i) % (SEED_MAX + 1), tile=tile,
                                progress=lambda done, total: check_interrupt()))
             bar.update(1)
         return (bchw_to_image(torch.cat(out)),)

@@ -2,6 +2,7 @@
 for ``python -m trajir.train`` (``trajir.conditioning``), written inside ComfyUI's output folder only."""
 import torch
 
+from ..trajir.checks import require_finite
 from ..trajir.conditioning import save_conditioning
 from .comfy_bridge import output_path
 
@@ -20,12 +21,17 @@ def flux_embedding(conditioning):
     if not torch.is_tensor(context) or context.ndim != 3 or context.shape[0] != 1:
         shape = tuple(context.shape) if torch.is_tensor(context) else type(context).__name__
         raise ValueError(f"the conditioning tokens must be [1, tokens, dim] (one prompt), got {shape}")
+    if context.shape[1] == 0:
+        raise ValueError(f"conditioning has no tokens (shape {tuple(context.shape)}); encode a prompt (an empty "
+                         "prompt still gives tokens)")
     pooled = options.get("pooled_output")
     if context.shape[-1] != FLUX_CONTEXT_DIM or not torch.is_tensor(pooled) or pooled.shape[-1] != FLUX_POOLED_DIM:
         got = tuple(pooled.shape) if torch.is_tensor(pooled) else None
         raise ValueError(f"not a FLUX conditioning: expected T5 tokens of dim {FLUX_CONTEXT_DIM} and a pooled CLIP-L "
                          f"vector of dim {FLUX_POOLED_DIM}, got tokens {tuple(context.shape)} and pooled {got}; "
                          "encode with DualCLIPLoader (type flux) and CLIPTextEncode")
+    require_finite("the T5 tokens of the conditioning", context)
+    require_finite("the pooled CLIP-L vector", pooled)
     return context[0].float().cpu(), pooled.reshape(-1).float().cpu(), float(options.get("guidance", 3.5))
 
 

@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..trajir.interpolation import rf_latent_scale_for_lq_weight
+from ..trajir.samplers import check_sigmas
 from .comfy_bridge import latent_samples, model_latent_channels, parameterisation
 
 START_MODES = ("step", "sigma")
@@ -22,6 +23,7 @@ def cut_schedule(sigmas, mode, start_step, start_sigma):
     if not torch.is_tensor(sigmas) or sigmas.ndim != 1 or sigmas.numel() < 2:
         shape = tuple(sigmas.shape) if torch.is_tensor(sigmas) else type(sigmas).__name__
         raise ValueError(f"sigmas must be a 1-D SIGMAS schedule of at least 2 values, got {shape}")
+    check_sigmas(sigmas, "ve")  # finite, strictly decreasing, >= 0 (the bound 1 of rectified flow is the model's)
     n = sigmas.numel()
     if mode == "step":
         if not 0 <= start_step <= n - 2:
@@ -83,6 +85,8 @@ class TrajIRLQInitialState:
         }
 
     def run(self, model, lq_latent, sigmas, start_mode, start_step, start_sigma, lq_weight=-1.0):
+        if not math.isfinite(lq_weight):  # NaN would fail "lq_weight >= 0" below and pass for the default
+            raise ValueError(f"lq_weight must be a finite number (-1 uses the schedule's value), got {lq_weight}")
         samples = latent_samples("lq_latent", lq_latent, model_latent_channels(model), frames=True)
         cut = cut_schedule(sigmas, start_mode, start_step, start_sigma)
         out = dict(lq_latent)

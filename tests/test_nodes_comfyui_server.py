@@ -113,3 +113,51 @@ def test_n_below_1_from_a_linked_input_is_an_execution_error(server):
     (error,) = _messages(entry, "execution_error")
     assert error["node_type"] == "TrajIRBestOfN"
     assert error["exception_message"].strip() == "candidates must be an integer >= 1, got 0"
+
+
+TILE_TEST_IMAGE = "trajir_tile_test.png"
+
+
+def _compact_restore_prompt(tile):
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": TILE_TEST_IMAGE}},
+        "2": {"class_type": "TrajIRCompactRestore", "inputs": {"image": ["1", 0], "model": "lowlight (shipped)",
+                                                               "seed": 0, "tile": tile}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+
+
+def test_a_tile_below_32_is_an_execution_error_and_tile_33_finishes(server):
+    """ComfyUI checks only the INT range [0, 4096] of tile (its step of 32 is the widget's); the node refuses what
+    cannot work, and a 33 px tile (once a 1 px step: 9,216 tiles for the 128 px test image) takes a few."""
+    from PIL import Image
+
+    photo = Image.open(REPO / "trajir" / "data" / "samples" / "chelsea.png").convert("RGB")
+    photo.resize((128, 128), Image.LANCZOS).save(server.base / "input" / TILE_TEST_IMAGE)  # LoadImage's folder
+    entry = server.run_prompt(_compact_restore_prompt(16))
+    assert entry["status"]["status_str"] == "error"
+    (error,) = _messages(entry, "execution_error")
+    assert error["node_type"] == "TrajIRCompactRestore" and error["exception_type"] == "ValueError"
+    assert "tile must be 0 (the whole image at once) or at least 32 px, got 16" in error["exception_message"]
+    entry = server.run_prompt(_compact_restore_prompt(33), timeout=120)
+    assert entry["status"]["status_str"] == "success", _messages(entry, "execution_error")
+
+
+def test_a_nan_lq_weight_from_an_api_prompt_is_an_execution_error(server):
+    """JSON's NaN passes ComfyUI's FLOAT range check (every comparison with NaN is false); it once meant "auto"."""
+    prompt = {
+        "1": {"class_type": "TrajIRTestTinyFlux", "inputs": {"seed": 0}},
+        "2": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 4,
+                                                         "denoise": 1.0}},
+        "4": {"class_type": "TrajIRLQInitialState", "inputs": {"model": ["1", 0], "lq_latent": ["2", 0],
+                                                               "sigmas": ["3", 0], "start_mode": "step",
+                                                               "start_step": 1, "start_sigma": 0.97,
+                                                               "lq_weight": float("nan")}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}},
+    }
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = _messages(entry, "execution_error")
+    assert error["node_type"] == "TrajIRLQInitialState"
+    assert "lq_weight must be a finite number" in error["exception_message"]

@@ -19,7 +19,7 @@ from .checks import require_image_batch, require_tensor
 from .conversions import rf_v_from_x0
 from .grids import grid_from_sigmas
 from .safefiles import read_tagged, require_keys, write_tagged
-from .samplers import noise_seed, random_etas
+from .samplers import check_model_output, noise_seed, random_etas
 from .trajectory import run
 
 BRANCH_MODES = ("single_step", "throughout")
@@ -127,7 +127,9 @@ def rollout(denoise, x, sigmas, etas, param="rf", mode="single_step", branch_ste
         if before_call is not None:
             before_call()
         sigma = sigmas[index]
-        return rf_v_from_x0(xb, denoise(xb, sigma), sigma)  # v for rf; the same expression is eps for ve
+        x0 = denoise(xb, sigma)
+        check_model_output(x0, xb, f"sigma {float(sigma):.6g}")
+        return rf_v_from_x0(xb, x0, sigma)  # v for rf; the same expression is eps for ve
 
     kept = {}
 
