@@ -236,10 +236,10 @@ CASES = [
     Case("sample_msde with a float16 latent and a guided model", _half_reference, check=_check_half),
     # the sampler
     Case("sample_msde, model returns NaN", sampler_with(lambda x, s: torch.full_like(x, math.nan)),
-         r"the model output \(x0\) at step 0 \(sigma 1\) contains \d+ NaN"),
+         r"the model output \(x0\) at step 0 \(sigma 1\) contains NaN values"),
     Case("sample_msde, model returns inf at step 2",
          sampler_with(lambda x, s: x * 0.5 if float(s[0]) > 0.7 else torch.full_like(x, math.inf)),
-         r"the model output \(x0\) at step 2 \(sigma 0.6\) contains"),
+         r"the model output \(x0\) at step 2 \(sigma 0.6\) contains inf values"),
     Case("sample_msde, model returns 1 channel", sampler_with(lambda x, s: x[:, :1]),
          r"the model output \(x0\) has shape \(2, 1, 8, 8\) but x has shape \(2, 3, 8, 8\)"),
     Case("sample_msde, model returns a batch of 1", sampler_with(lambda x, s: x[:1]),

@@ -134,7 +134,8 @@ def sample_msde(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     Noise is drawn from ``extra_args["seed"]`` (else ``seed``, else 0) on the CPU, so a seed gives the same result
     on every device. ``callback`` gets ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` once per step.
     A half-precision ``x`` is integrated in float32 (the model still sees ``x``'s dtype) and returned in its dtype.
-    A model output that is not finite, or not shaped like ``x``, stops sampling with an error naming the step.
+    A model output not shaped like ``x`` stops sampling at once; a model output that is not finite makes the result
+    an error naming the first such step (checked after the loop: no host-device synchronisation per step).
     """
     if param not in PARAMETERISATIONS:
         raise ValueError(f"param must be one of {PARAMETERISATIONS}, got {param!r}")
@@ -152,9 +153,11 @@ def sample_msde(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     s_in = x.new_ones([x.shape[0]])
     model_dtype, x = x.dtype, x.to(compute_dtype(x))  # float32 state for half-precision latents
     noise = NoiseStream(x, extra_args.get("seed", 0 if seed is None else seed)) if any(etas) else None
+    peaks = []  # max |x0| per step, on the device (NaN and inf propagate); read once at the end, so no step waits
     for i in trange(len(values) - 1, disable=disable):
         denoised = model(x if x.dtype == model_dtype else x.to(model_dtype), sigmas[i] * s_in, **extra_args)
-        check_model_output(denoised, x, f"step {i} (sigma {values[i]:.6g})")
+        check_model_output_shape(denoised, x, f"step {i} (sigma {values[i]:.6g})")
+        peaks.append(denoised.detach().abs().amax().double())
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         d = rf_v_from_x0(x, denoised.to(x.dtype), sigmas[i])  # v for rf; the same expression is eps for ve
@@ -162,16 +165,26 @@ def sample_msde(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             x = x + d * (sigmas[i + 1] - sigmas[i])  # the Euler step, exactly as k-diffusion's sample_euler
         else:
             x = _sde_update(x, d, coefficients[i], noise(), param)
+    for i, peak in enumerate(torch.stack(peaks).cpu().tolist()):
+        if not math.isfinite(peak):
+            raise ValueError(f"the model output (x0) at step {i} (sigma {values[i]:.6g}) contains "
+                             f"{'NaN' if math.isnan(peak) else 'inf'} values; expected finite numbers (the result "
+                             "is refused)")
     return x.to(model_dtype)
 
 
-def check_model_output(denoised, x, where):
-    """The clean estimate a model returned: a tensor shaped like ``x`` (broadcasting would hide a wrong channel
-    count) and finite (a NaN would silently fill the rest of the trajectory)."""
+def check_model_output_shape(denoised, x, where):
+    """A model's clean estimate must be a tensor shaped like ``x``: broadcasting would hide a wrong channel count."""
     if not torch.is_tensor(denoised) or tuple(denoised.shape) != tuple(x.shape):
         shape = tuple(denoised.shape) if torch.is_tensor(denoised) else type(denoised).__name__
         raise ValueError(f"the model output (x0) has shape {shape} but x has shape {tuple(x.shape)} at {where}; "
                          "the model must return a clean estimate shaped like its input")
+
+
+def check_model_output(denoised, x, where):
+    """The clean estimate a model returned: shaped like ``x`` and finite (a NaN would silently fill the rest of the
+    trajectory). One host sync; ``sample_msde`` defers the finiteness part to the end of the loop instead."""
+    check_model_output_shape(denoised, x, where)
     require_finite(f"the model output (x0) at {where}", denoised)
 
 
