@@ -105,7 +105,7 @@ def _nan_loss_once(limit):
             return value, values
 
         ctx.monkeypatch.setattr(Pretrain, "loss", loss)
-        return train(ctx, f"optim.skip_nonfinite={limit}", "run.save_every=1")
+        return train(ctx, "run.save_every=1", *([f"optim.skip_nonfinite={limit}"] if limit else []))
     return run
 
 
