@@ -85,7 +85,7 @@ class TrajIRLQInitialState:
         }
 
     def run(self, model, lq_latent, sigmas, start_mode, start_step, start_sigma, lq_weight=-1.0):
-        if not math.isfinite(lq_weight):  # NaN would fail "lq_weight >= 0" below and pass for the default
+        if not math.isfinite(lq_weight):  # "NaN >= 0" is false: NaN would silently mean the default
             raise ValueError(f"lq_weight must be a finite number (-1 uses the schedule's value), got {lq_weight}")
         samples = latent_samples("lq_latent", lq_latent, model_latent_channels(model), frames=True)
         cut = cut_schedule(sigmas, start_mode, start_step, start_sigma)
