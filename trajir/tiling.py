@@ -27,8 +27,10 @@ def tile_overlap(tile, overlap=None, name="tile"):
     """Tiled restoration's blending width for ``tile`` (0: no tiling, no overlap): ``overlap``, or by default
     ``min(32, tile // 4)``.
 
-    Tiles start every ``tile - overlap`` pixels, so the overlap must stay well below the tile for the count to stay
-    near ``(H / tile) (W / tile)``: at most ``tile // 2`` (at most 4 times that count; the default, 1.8 times).
+    Tiles start every ``tile - overlap`` pixels or less (the last one sits flush with the end), so the overlap must
+    stay well below the tile for the count to stay near ``(H / tile) (W / tile)``: at most ``tile // 2`` (tiles step
+    by at least half a tile; by default, three quarters). A 33 px tile with the old fixed 32 px overlap stepped by
+    1 px.
     Refuses tiles below ``MIN_TILE`` (other than 0) with an error naming ``name``.
     """
     if isinstance(tile, bool) or not isinstance(tile, int) or (tile != 0 and tile < MIN_TILE):
