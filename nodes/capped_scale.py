@@ -1,6 +1,7 @@
 """TrajIR Scale (Pixel Cap): scales an image for a diffusion pass without ever exceeding a pixel budget
 (``trajir.data.transforms.capped_size``), so a x4 upscale of a large photo does not become a 100-megapixel FLUX
 run. The resize itself is ComfyUI's (``comfy.utils.common_upscale``)."""
+from ..trajir.checks import require_finite
 from ..trajir.data.transforms import capped_size
 from .comfy_bridge import bchw_to_image, image_to_bchw
 
@@ -35,7 +36,7 @@ class TrajIRScaleWithCap:
 
         if upscale_method not in UPSCALE_METHODS:
             raise ValueError(f"upscale_method must be one of {UPSCALE_METHODS}, got {upscale_method!r}")
-        x = image_to_bchw("image", image)
+        x = require_finite("image", image_to_bchw("image", image))  # resampling would smear a NaN over its window
         h, w = x.shape[-2:]
         out_h, out_w = capped_size(int(h), int(w), float(scale_by), float(max_megapixels))
         out = comfy.utils.common_upscale(x, out_w, out_h, upscale_method, "disabled").clamp(0, 1)

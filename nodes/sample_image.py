@@ -1,5 +1,6 @@
 """TrajIR Sample Image: a bundled public-domain photo (or a connected image) as a ground truth and its seeded
 synthetic degradation as the LQ input, so a workflow runs with nothing to download or copy (``trajir.data``)."""
+from ..trajir.checks import require_finite
 from ..trajir.data import TASKS
 from ..trajir.data.samples import NO_DEGRADATION, load_sample, sample_names, sample_pair
 from .comfy_bridge import bchw_to_image, image_to_bchw
@@ -48,6 +49,6 @@ class TrajIRSampleImage:
         }
 
     def run(self, photo, task, strength, seed, size, downscale, image=None):
-        clean = load_sample(photo) if image is None else image_to_bchw("image", image)
+        clean = load_sample(photo) if image is None else require_finite("image", image_to_bchw("image", image))
         lq, gt = sample_pair(clean, task, strength, seed, size, downscale)
         return (bchw_to_image(lq), bchw_to_image(gt))

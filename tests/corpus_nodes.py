@@ -12,6 +12,7 @@ import sys
 import types
 
 import torch
+import torch.nn.functional as F
 
 from conftest import load_pack
 from corpus import Case
@@ -84,7 +85,9 @@ def install_comfy(ctx):
     comfy.model_management = types.SimpleNamespace(
         get_torch_device=lambda: torch.device("cpu"), intermediate_device=lambda: torch.device("cpu"),
         throw_exception_if_processing_interrupted=lambda: None)
-    comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.utils = types.SimpleNamespace(
+        ProgressBar=ProgressBar,
+        common_upscale=lambda x, width, height, method, crop: F.interpolate(x, size=(height, width), mode="bilinear"))
     comfy.model_sampling = types.SimpleNamespace(CONST=CONST, EPS=EPS)
     comfy.samplers = types.SimpleNamespace(KSAMPLER=KSAMPLER, CFGGuider=CFGGuider)
     comfy.sample = types.SimpleNamespace(fix_empty_latent_channels=lambda patcher, samples: samples)
@@ -246,7 +249,7 @@ def _finite_like(shape):
     return check
 
 
-def best_of_n(lat, reference=None, metric="uciqe", candidates=2, denoise=None, save=False, batch_size=4):
+def best_of_n(lat, reference=None, metric="uciqe", candidates=2, denoise=None, save=False, batch_size=4, **options):
     def run(ctx):
         comfy = install_comfy(ctx)
         reward = node("TrajIRRewardScorer").score(image(), metric, "", None if metric == "uciqe" else image())
@@ -254,7 +257,8 @@ def best_of_n(lat, reference=None, metric="uciqe", candidates=2, denoise=None, s
         guider.set_conds([], [])
         return node("TrajIRBestOfN").run(guider, FakeNoise(), SIGMAS, lat, FakeVAE(), reward["result"][2],
                                          candidates, "single_step", 1, 1.0, "fixed", batch_size,
-                                         reference=reference, save_branch=save, filename="trajir/branches/b")
+                                         reference=reference, save_branch=save, filename="trajir/branches/b",
+                                         **options)
     return run
 
 
@@ -279,6 +283,34 @@ def with_umask(run):
         finally:
             os.umask(previous)
     return wrapped
+
+
+# --- Sample Image, Scale (Pixel Cap) ------------------------------------------------------------------------------
+
+def sample_image(img=None, task="lowlight", strength=0.5, seed=0, size=0, downscale=1, photo="coffee"):
+    def run(ctx):
+        install_comfy(ctx)
+        return node("TrajIRSampleImage").run(photo, task, strength, seed, size, downscale, img)
+    return run
+
+
+def _check_sample_pair(result, ctx):
+    lq, gt = result
+    assert lq.shape == gt.shape and gt.shape[1] % 16 == 0 and gt.shape[2] % 16 == 0, f"{lq.shape}, {gt.shape}"
+    assert 0 <= float(lq.min()) and float(lq.max()) <= 1 and not torch.equal(lq, gt), "the LQ is not degraded"
+
+
+def scale(img, scale_by=2.0, max_megapixels=1.0):
+    def run(ctx):
+        install_comfy(ctx)
+        return node("TrajIRScaleWithCap").scale(img, scale_by, max_megapixels, "bilinear")
+    return run
+
+
+def _check_capped(result, ctx):
+    (out,) = result
+    h, w = out.shape[1:3]
+    assert h * w <= 0.001 * 1024 * 1024 and h % 16 == 0 and w % 16 == 0, f"{h} x {w} for a cap of 0.001 MP"
 
 
 # --- Reward Scorer, Save Conditioning ------------------------------------------------------------------------------
@@ -359,6 +391,10 @@ CASES = [
          r"sigmas contains NaN or inf"),
     Case("LQ Initial State, increasing sigmas", initial_state(latent(), sigmas=torch.tensor([0.0, 0.5, 1.0])),
          r"sigmas must be strictly decreasing"),
+    Case("LQ Initial State, video latent with 0 frames", initial_state({"samples": torch.zeros(1, 16, 0, 8, 8)}),
+         r"lq_latent has a height, width or frame count of 0"),
+    Case("LQ Initial State, empty video latent batch", initial_state({"samples": torch.zeros(0, 16, 1, 8, 8)}),
+         r"lq_latent is an empty batch"),
     Case("LQ Initial State, start_sigma NaN", initial_state(latent(), mode="sigma", start_sigma=math.nan),
          r"start_sigma must lie in"),
     # Negative LQ Guidance
@@ -382,7 +418,22 @@ CASES = [
          r"reference (is an empty batch|has shape \(0, 3, 8, 8\))"),
     Case("Best-of-N, model returns NaN", best_of_n(latent(), denoise=nan_output),
          r"the model output \(x0\) at sigma 1 .* NaN or inf"),
+    Case("Best-of-N, branch_fraction NaN", best_of_n(latent(), branch_at="fraction", branch_fraction=math.nan),
+         r"branch_fraction must lie in \[0, 1\].*got nan"),
     Case("Best-of-N, runs and saves a record", with_umask(best_of_n(latent(), save=True)), check=_check_saved_mode),
+    # Sample Image, Scale (Pixel Cap)
+    Case("Sample Image, empty image batch", sample_image(image(0)), r"image is an empty batch \(0 images"),
+    Case("Sample Image, NaN pixels", sample_image(image().index_fill(1, torch.tensor([3]), math.nan)),
+         r"image contains \d+ NaN"),
+    Case("Sample Image, an 8 x 8 image", sample_image(image(1, 8, 8)), r"the image is 8x8 pixels; at least 16x16"),
+    Case("Sample Image, strength NaN", sample_image(strength=math.nan),
+         r"strength must be a number in 0\.\.1.*got nan"),
+    Case("Sample Image, a bundled photo", sample_image(), check=_check_sample_pair),
+    Case("Scale (Pixel Cap), empty batch", scale(image(0)), r"image is an empty batch \(0 images"),
+    Case("Scale (Pixel Cap), NaN pixels", scale(image().index_fill(1, torch.tensor([3]), math.nan)),
+         r"image contains \d+ NaN"),
+    Case("Scale (Pixel Cap), scale_by NaN", scale(image(), scale_by=math.nan), r"scale must be a finite number > 0"),
+    Case("Scale (Pixel Cap), x16 under a 0.001 MP cap", scale(image(), 16.0, 0.001), check=_check_capped),
     # Reward Scorer
     Case("Reward Scorer, empty batch", scorer(image(0)), r"images (is|has) an empty batch"),
     Case("Reward Scorer, NaN pixels", scorer(image().index_fill(1, torch.tensor([0]), math.nan)),
