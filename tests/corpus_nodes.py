@@ -428,6 +428,8 @@ CASES = [
     Case("Sample Image, an 8 x 8 image", sample_image(image(1, 8, 8)), r"the image is 8x8 pixels; at least 16x16"),
     Case("Sample Image, strength NaN", sample_image(strength=math.nan),
          r"strength must be a number in 0\.\.1.*got nan"),
+    Case("Sample Image, negative seed", sample_image(seed=-1), r"seed must be an integer in \[0, 2\^64 - 1\], got -1"),
+    Case("Sample Image, seed above 2^64 - 1", sample_image(seed=2**64), r"seed must be an integer in \[0, 2\^64 - 1\]"),
     Case("Sample Image, a bundled photo", sample_image(), check=_check_sample_pair),
     Case("Scale (Pixel Cap), empty batch", scale(image(0)), r"image is an empty batch \(0 images"),
     Case("Scale (Pixel Cap), NaN pixels", scale(image().index_fill(1, torch.tensor([3]), math.nan)),

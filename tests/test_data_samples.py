@@ -77,3 +77,5 @@ def test_sample_pair_errors_name_the_input():
         sample_pair(torch.rand(1, 3, 8, 40))
     with pytest.raises(ValueError, match=r"clean must have 4 dimensions \[B, C, H, W\]"):
         sample_pair(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^64 - 1\], got -1"):
+        sample_pair(torch.rand(1, 3, 32, 32), "denoise", seed=-1)

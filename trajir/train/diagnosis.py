@@ -33,7 +33,7 @@ def _cos(a, b):
 
 def reward_gradient(stage, x_next, position, s):
     """Gradient of ``-MSE(decoded ODE continuation, GT)`` with respect to the states ``x_next`` at ``position + 1``."""
-    grid, path = stage.restorer.grid, torch.tensor(stage.path, device=x_next.device)
+    path = torch.tensor(stage.path, device=x_next.device)
     x = x_next.detach().clone().requires_grad_(True)
     y = x
     for p in range(int(position.min()) + 1, len(stage.path) - 1):

@@ -9,7 +9,7 @@ import pathlib
 
 import torch.nn.functional as F
 
-from ...checks import require_finite, require_image_batch
+from ...checks import require_finite, require_image_batch, require_seed
 from ..datasets import split_holdout
 from ..degrade import TASKS, degrade_at_strength
 from ..images import list_images, read_image
@@ -76,6 +76,7 @@ def sample_pair(clean, task=NO_DEGRADATION, strength=0.5, seed=0, size=0, downsc
     """
     require_image_batch("clean", clean, channels=3)
     require_finite("clean", clean)
+    require_seed("seed", seed)
     if task != NO_DEGRADATION and task not in TASKS:
         raise ValueError(f"task must be {NO_DEGRADATION!r} or one of {sorted(TASKS)}, got {task!r}")
     if isinstance(downscale, bool) or not isinstance(downscale, int) or not 1 <= downscale <= 8:
