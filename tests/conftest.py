@@ -53,6 +53,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs the ComfyUI checkout named by $COMFYUI_PATH")
+    config.addinivalue_line("markers", "browser: needs Chromium, node and playwright-core (headless frontend checks)")
     path = os.environ.get("COMFYUI_PATH")
     if path and comfyui_path() is None:
         raise pytest.UsageError(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no comfy/ folder in it); "
@@ -66,15 +67,27 @@ def pytest_report_header(config):
     return f"ComfyUI: {path} (a skipped 'comfyui' test counts as a failure)"
 
 
+def _required_because(item):
+    """Why ``item`` must not be skipped here, or None: $COMFYUI_PATH is set for a ``comfyui`` test, or
+    $TRAJIR_REQUIRE_BROWSER=1 (CI installed Chromium and playwright-core) for a ``browser`` test."""
+    if comfyui_path() is not None and item.get_closest_marker("comfyui") is not None:
+        return f"COMFYUI_PATH={comfyui_path()} is set"
+    if os.environ.get("TRAJIR_REQUIRE_BROWSER") == "1" and item.get_closest_marker("browser") is not None:
+        return "TRAJIR_REQUIRE_BROWSER=1 is set"
+    return None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """With $COMFYUI_PATH set, a skipped ComfyUI test is a failure: a silent skip must not pass as green."""
+    """A skipped test whose requirements the environment says it has is a failure: a silent skip must not pass
+    as green."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and comfyui_path() is not None and item.get_closest_marker("comfyui") is not None:
+    why = _required_because(item) if report.skipped else None
+    if why is not None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"skipped although COMFYUI_PATH={comfyui_path()} is set: {reason}"
+        report.longrepr = f"skipped although {why}: {reason}"
 
 
 def sample_photo(name="astronaut", size=None):

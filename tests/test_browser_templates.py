@@ -5,7 +5,8 @@ Missing Models dialog, and pressing Run shows the restored image and the Reward 
 
 Needs $COMFYUI_PATH, ``node``, Chromium (``chromium`` on the PATH or $CHROMIUM) and the npm package playwright-core
 (found through $NODE_PATH, e.g. ``npm install playwright-core`` in a folder and NODE_PATH=<folder>/node_modules);
-skipped, with the reason, where one is missing. Screenshots go to $TRAJIR_SHOTS (default: a temporary folder).
+skipped, with the reason, where one is missing (a failure when $TRAJIR_REQUIRE_BROWSER=1, as in CI once it has
+installed them). Screenshots go to $TRAJIR_SHOTS (default: a temporary folder).
 """
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 from conftest import REPO, comfyui_path
 
 TESTS = pathlib.Path(__file__).resolve().parent
+pytestmark = pytest.mark.browser
 MARKER = "TRAJIR_BROWSER "
 ZERO_DOWNLOAD = sorted(p.stem for p in (REPO / "workflows").glob("*.json")
                        if "(no download)" in p.stem or p.stem.startswith("Evaluate"))

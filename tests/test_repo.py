@@ -62,14 +62,20 @@ def test_needs_comfyui():
 @requires_comfyui
 def test_skips_inside():
     pytest.skip("the server did not start")
+
+@pytest.mark.browser
+def test_browser_skips():
+    pytest.skip("no Chromium here")
 '''
 
 
-def _run_marked_tests(tmp_path, comfyui_path):
+def _run_marked_tests(tmp_path, comfyui_path, require_browser=False):
     (tmp_path / "test_marked.py").write_text(COMFY_MARKED_TESTS)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "COMFYUI_PATH"}
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COMFYUI_PATH", "TRAJIR_REQUIRE_BROWSER")}
     if comfyui_path is not None:
         env["COMFYUI_PATH"] = str(comfyui_path)
+    if require_browser:
+        env["TRAJIR_REQUIRE_BROWSER"] = "1"
     env["PYTHONPATH"] = str(REPO / "tests")
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "conftest",
                            str(tmp_path / "test_marked.py")], capture_output=True, text=True, cwd=tmp_path, env=env)
@@ -78,7 +84,7 @@ def _run_marked_tests(tmp_path, comfyui_path):
 def test_comfyui_tests_are_skipped_with_the_reason_when_comfyui_path_is_unset(tmp_path):
     proc = _run_marked_tests(tmp_path, None)
     assert proc.returncode == 0, proc.stdout
-    assert "2 skipped" in proc.stdout and "set COMFYUI_PATH" in proc.stdout
+    assert "3 skipped" in proc.stdout and "set COMFYUI_PATH" in proc.stdout
 
 
 def test_a_skipped_comfyui_test_fails_when_comfyui_path_is_set(tmp_path):
@@ -86,8 +92,15 @@ def test_a_skipped_comfyui_test_fails_when_comfyui_path_is_set(tmp_path):
     (fake / "comfy").mkdir(parents=True)
     proc = _run_marked_tests(tmp_path, fake)
     assert proc.returncode == 1, proc.stdout
-    assert "1 failed, 1 passed" in proc.stdout
+    assert "1 failed, 1 passed, 1 skipped" in proc.stdout
     assert "skipped although COMFYUI_PATH" in proc.stdout and "the server did not start" in proc.stdout
+
+
+def test_a_skipped_browser_test_fails_only_when_ci_installed_the_browser(tmp_path):
+    proc = _run_marked_tests(tmp_path, None, require_browser=True)
+    assert proc.returncode == 1, proc.stdout
+    assert "1 failed, 2 skipped" in proc.stdout
+    assert "skipped although TRAJIR_REQUIRE_BROWSER=1 is set: Skipped: no Chromium here" in proc.stdout
 
 
 def test_a_comfyui_path_that_is_not_a_checkout_stops_the_run(tmp_path):
