@@ -151,6 +151,36 @@ def test_distill_lowers_its_loss_on_a_fixed_batch(tmp_path, pretrained):
     assert recipe.path == [1, 4] and recipe.lq_weight == 0.2 and recipe.ngs_w == 0.001 and recipe.nfe == 1
 
 
+def test_distill_target_mixes_teacher_and_gt_and_skips_the_teacher_at_rho_1(tmp_path, pretrained, monkeypatch):
+    import trajir.train.distill as distill_module
+    from trajir.train import randomness
+    from trajir.train.restorers import predictor
+    from trajir.trajectory import run_from_lq
+
+    cfg = tiny_config(tmp_path, f"run.init={pretrained}", "run.stage=distill", "distill.student_steps=1",
+                      "distill.cost_batches=1")
+    stage = _stage(Distill, cfg)
+    stage.prepare(build.build_datasets(cfg)[0])
+    batch, keys = _batch(cfg), sample_keys(0, 1, 0, 0, 1, 2)
+    s = stage.restorer.encode(batch)
+    noise = randomness.normal(keys, 1, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
+    with torch.no_grad():
+        student = run_from_lq(stage.restorer.grid, stage.path, predictor(stage.restorer, stage.model), s["lq"],
+                              noise, stage.lq_weight, stage.ngs_w, s["cond"]).final
+        teacher = distill_module.teacher_trajectory(stage.restorer, stage.teacher, stage.restorer.grid, s, noise)[0][-1]
+    for rho in (0.0, 0.5):
+        stage.rho = rho
+        expected = ((student - ((1 - rho) * teacher + rho * s["x0"])) ** 2).mean()
+        assert stage.loss(batch, keys)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("rho = 1 needs no teacher rollout")
+
+    monkeypatch.setattr(distill_module, "teacher_trajectory", no_teacher)
+    stage.rho = 1.0
+    assert stage.loss(batch, keys)[0].item() == pytest.approx(((student - s["x0"]) ** 2).mean().item(), rel=1e-5)
+
+
 def test_distill_and_rl_distill_train_end_to_end(tmp_path, pretrained):
     cfg = tiny_config(tmp_path / "d", f"run.init={pretrained}", "run.stage=distill", "run.max_steps=3",
                       "distill.cost_batches=1", "run.export=student.safetensors")

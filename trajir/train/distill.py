@@ -98,9 +98,12 @@ class Distill(Stage):
     def loss(self, batch, keys):
         grid, s = self.restorer.grid, self.restorer.encode(batch)
         noise = randomness.normal(keys, 1, s["x0"].shape[1:], s["x0"].device).to(s["x0"])
-        with torch.no_grad():
-            states, _ = teacher_trajectory(self.restorer, self.teacher, grid, s, noise)
-        reference = distillation_reference(states[-1], s["x0"], self.rho)
+        if self.rho < 1:
+            with torch.no_grad():
+                states, _ = teacher_trajectory(self.restorer, self.teacher, grid, s, noise)
+            reference = distillation_reference(states[-1], s["x0"], self.rho)
+        else:  # rho = 1: the target is the GT alone, and the teacher's K-step rollout would be thrown away
+            reference = s["x0"]
         student = run_from_lq(grid, self.path, predictor(self.restorer, self.model), s["lq"], noise, self.lq_weight,
                               self.ngs_w, s["cond"])
         loss = ((student.final.float() - reference.float()) ** 2).mean()     # Eq. (18)
