@@ -65,7 +65,8 @@ def test_batch_items_are_independent_and_inputs_matter(net):
         first = net(x[:1], lq[:1], t[:1])
         other_t = net(x, lq, t.flip(0))
         other_lq = net(x, lq.flip(0), t)
-    torch.testing.assert_close(out[:1], first, rtol=1e-5, atol=1e-6)
+    # batch 1 and batch 2 take differently blocked float32 kernels: 1.1e-6 was seen on the CI machine
+    torch.testing.assert_close(out[:1], first, rtol=1e-5, atol=3e-6)
     assert (out - other_t).abs().max() > 1e-4 and (out - other_lq).abs().max() > 1e-4
 
 
