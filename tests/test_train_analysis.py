@@ -74,25 +74,42 @@ def test_reproduce_runs_every_phase_then_skips_finished_ones(tmp_path, capsys):
     from trajir.train.reproduce import reproduce
 
     cfg = tiny_config(tmp_path, "run.max_steps=6", "reproduce.rl_steps=2", "reproduce.distill_steps=2",
+                      "reproduce.control_time_steps=3", "reproduce.ship_steps=2", "reproduce.phase_ema=0.5",
                       "eval.crops=1", "eval.draws=1", "eval.resamples=200", "rl.branches=2", "distill.cost_batches=1")
     rows = reproduce(cfg, log=lambda *_: None)
     assert [(r["model"], r["nfe"]) for r in rows] == [
-        ("degraded input", 0), ("gamma + non-local means", 0), ("pretrained", 4), ("control", 4), ("rl", 4),
-        ("distill_2", 2), ("distill_1", 1), ("rl_distill_2", 2), ("rl_distill_1", 1)]
+        ("degraded input", 0), ("gamma + non-local means", 0), ("pretrained", 4), ("control", 4),
+        ("control_time", 4), ("rl", 4), ("distill_2", 2), ("distill_1", 1), ("rl_distill_2", 2), ("rl_distill_1", 1),
+        ("shipped", 2)]
     assert all(r["psnr_lo"] <= r["psnr"] <= r["psnr_hi"] for r in rows)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == rows and saved["seed"] == cfg["run.seed"]
-    # the control is flow matching from the pretrained model for as many steps, at the RL learning rate
-    control = json.loads(json.dumps(dict(load_config(tmp_path / "control" / "config.toml"))))
-    assert control["run.stage"] == "pretrain" and control["run.max_steps"] == 2
-    assert control["optim.lr"] == cfg["reproduce.rl_lr"] and control["run.init"].endswith("pretrained/model.safetensors")
+    assert set(saved["timings_s"]) == {r["model"] for r in rows[2:]} and min(saved["timings_s"].values()) > 0
+
+    def phase(name):
+        return json.loads(json.dumps(dict(load_config(tmp_path / name / "config.toml"))))
+
+    # the controls are flow matching from the pretrained model at the RL learning rate: as many steps, and the
+    # wall-clock control's own count; every phase after pretraining keeps the phase EMA
+    control, timed, shipped = phase("control"), phase("control_time"), phase("shipped")
+    assert control["run.stage"] == timed["run.stage"] == "pretrain"
+    assert (control["run.max_steps"], timed["run.max_steps"]) == (2, 3)
+    assert control["optim.lr"] == timed["optim.lr"] == cfg["reproduce.rl_lr"]
+    assert control["run.init"].endswith("pretrained/model.safetensors")
+    assert phase("rl")["model.ema_decay"] == phase("distill_1")["model.ema_decay"] == shipped["model.ema_decay"] == 0.5
+    assert phase("pretrained")["model.ema_decay"] == cfg["model.ema_decay"]
+    # the shipped student: distill_2 fine-tuned onto the GT alone
+    assert shipped["distill.rho"] == 1.0 and shipped["distill.student_steps"] == 2
+    assert shipped["run.init"].endswith("distill_2/model.safetensors") and shipped["run.max_steps"] == 2
     pairs = {(c["model"], c["reference"]): c for c in saved["comparisons"]}
-    assert {("rl", "pretrained"), ("rl", "control"), ("rl_distill_1", "distill_1")} <= set(pairs)
+    assert {("rl", "pretrained"), ("rl", "control"), ("rl", "control_time"), ("rl_distill_1", "distill_1"),
+            ("shipped", "gamma + non-local means")} <= set(pairs)
     c = pairs[("rl", "control")]
     assert c["d_psnr_lo"] <= c["d_psnr"] <= c["d_psnr_hi"]
     text = (tmp_path / "results.md").read_text()
     assert "| RL + Distillation | rl_distill_1 | 1 |" in text and "| rl | control |" in text
+    assert "| rl | control_time |" in text and "Wall-clock per phase: pretrained " in text
     assert (tmp_path / "cost_rl.png").is_file()
     messages = []
     reproduce(cfg, log=messages.append)  # everything is there: no phase trains again
-    assert sum("done already" in m for m in messages) == 7
+    assert sum("done already" in m for m in messages) == 9

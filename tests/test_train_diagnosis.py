@@ -1,4 +1,5 @@
-"""trajir.train.diagnosis on a tiny model: the reward gradient, the measured quantities, the sweep, the CLI."""
+"""trajir.train.diagnosis and trajir.train.gradient_check on a tiny model: the reward gradient, the measured
+quantities, the sweep, the block projection, the exact gradient and its held-apart check, the CLI."""
 import json
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from test_train_framework import tiny_config
 from test_train_stages import _batch, _stage
 from trajir.train.__main__ import main as train_main
-from trajir.train.diagnosis import diagnose, measure, reward_gradient
+from trajir.train import gradient_check
+from trajir.train.diagnosis import block_projection, diagnose, measure, reward_gradient
 from trajir.train.randomness import sample_keys
 from trajir.train.rl import RLAlign
 
@@ -74,3 +76,85 @@ def test_sweep_and_cli(tmp_path, tiny_pretrained, capsys):
     saved = json.loads(out.read_text())[str(tiny_pretrained)]
     assert {"N=4", "N=8", "N=16", "k=0", "k=2", "eta=0.5"} <= set(saved) and "k=4" not in saved
     assert "| N=16 |" in capsys.readouterr().out
+
+
+def test_block_projection_is_an_orthogonal_projection_and_white_noise_sees_the_whole_ascent():
+    x = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    p = block_projection(x, 4)
+    assert torch.allclose(block_projection(p, 4), p, atol=1e-6)                       # idempotent
+    assert float((p * y).sum()) == pytest.approx(float((x * block_projection(y, 4)).sum()), rel=1e-5)  # symmetric
+    assert torch.allclose(p[..., :4, :4], x[..., :4, :4].mean((-1, -2), keepdim=True).expand(2, 3, 4, 4))
+    assert torch.equal(block_projection(x, 1), x)
+    with pytest.raises(ValueError, match="explore_scale 5 does not divide the crop 8 x 12"):
+        block_projection(x, 5)
+
+
+def test_ascent_share_is_one_for_white_noise_and_below_for_blocks(tmp_path, tiny_pretrained):
+    base = (f"run.init={tiny_pretrained}", "run.stage=rl", "rl.eta_fixed=0.3", "rl.explore_std=0", "rl.branches=2")
+    cfg = tiny_config(tmp_path, *base)
+    white = measure(_stage(RLAlign, cfg), _batch(cfg), KEYS)
+    assert torch.allclose(white["ascent_share"], torch.ones(2, dtype=torch.float64))
+    blocks = measure(_stage(RLAlign, tiny_config(tmp_path, *base, "rl.explore_scale=8")), _batch(cfg), KEYS)
+    assert bool(((blocks["ascent_share"] > 0) & (blocks["ascent_share"] < 1)).all())
+
+
+# --- trajir.train.gradient_check ----------------------------------------------------------------------------------
+
+def test_exact_gradient_matches_a_finite_difference_and_is_the_sum_of_the_per_step_terms(tmp_path, tiny_pretrained):
+    cfg = tiny_config(tmp_path, f"run.init={tiny_pretrained}", "run.stage=rl")
+    stage = _stage(RLAlign, cfg)
+    batch = _batch(cfg)
+    net = stage.restorer.trainable()
+    g = gradient_check.exact_gradient(stage, [(batch, KEYS)])
+    direction = torch.randn(g.shape, generator=torch.Generator().manual_seed(2))
+    eps = 1e-3
+
+    def loss(n):
+        return -float(gradient_check.final_psnr(stage, n, batch, KEYS).double().mean())
+
+    numeric = (loss(gradient_check.stepped(net, -direction, eps * direction.norm()))
+               - loss(gradient_check.stepped(net, direction, eps * direction.norm()))) / (2 * eps)
+    assert float(torch.dot(g, direction)) == pytest.approx(numeric, rel=0.03)
+    # chain rule: the sum over steps k of J_k^T g_{k+1}, the terms the RL loss samples one of per sample
+    s = stage.restorer.encode(batch)
+    noise = gradient_check.randomness.normal(KEYS, 1, s["x0"].shape[1:], "cpu")
+    with torch.no_grad():
+        states = gradient_check.run(stage.restorer.grid, stage.path, noise, gradient_check.predictor(
+            stage.restorer, net), s["cond"], lq=s["lq"], keep=True).states
+    path, params = torch.tensor(stage.path), [p for p in net.parameters() if p.requires_grad]
+    total = 0
+    mse = 10 ** (-gradient_check.final_psnr(stage, net, batch, KEYS) / 10)          # [2]
+    for k in range(len(stage.path) - 1):           # the last term's continuation is empty: the final state itself
+        for i in range(2):                         # -PSNR = 10 log10(MSE): each sample's MSE gradient / its MSE
+            position = torch.full((2,), k)
+            ascent = reward_gradient(stage, states[k + 1], position, s)     # of -MSE over every pixel of both
+            step = stage.ode_step(net, states[k][i:i + 1], path[position][:1], path[position + 1][:1],
+                                  {"x0": s["x0"][i:i + 1], "lq": s["lq"][i:i + 1], "cond": {"lq": s["lq"][i:i + 1]}})
+            weight = 10 / torch.log(torch.tensor(10.0)) / mse[i]            # d(-PSNR_i)/d(MSE_i) / (batch mean)
+            (-(step * ascent[i:i + 1]).sum() * weight).backward()
+        total = total + gradient_check._flat_grad(params)
+    assert gradient_check._cos(total, g) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_small_step_against_the_exact_gradient_raises_the_psnr_of_its_own_batch(tmp_path, tiny_pretrained):
+    cfg = tiny_config(tmp_path, f"run.init={tiny_pretrained}", "run.stage=rl")
+    stage = _stage(RLAlign, cfg)
+    batches = [(_batch(cfg), KEYS)]
+    g = gradient_check.exact_gradient(stage, batches)
+    assert gradient_check.held_apart_change(stage, g, batches, 0.0) == 0.0
+    assert gradient_check.held_apart_change(stage, g, batches, 1e-3) > 0      # PSNR rises against the gradient
+    assert gradient_check.held_apart_change(stage, -g, batches, 1e-3) < 0
+
+
+def test_gradient_check_cli(tmp_path, tiny_pretrained, capsys):
+    out = tmp_path / "g.json"
+    args = ["--set", f"run.out_dir={tmp_path}", "--set", "model.preset=tiny", "--set", "data.crop=32",
+            "--set", "sampling.steps=4", "--set", "run.batch_size=2", "--set", "rl.branches=2",
+            "--set", "rl.eta_fixed=0.3"]
+    assert train_main(["diagnose-rl", "compact_lowlight_cpu", str(tiny_pretrained), *args, "--gradients",
+                       "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())[str(tiny_pretrained)]
+    assert len(saved["rl_cosines"]) == 4 and all(-1 <= c <= 1 for c in saved["rl_cosines"])
+    assert set(saved["held_apart"]) == {"8", "32", "96"}
+    assert "| 96 samples |" in capsys.readouterr().out

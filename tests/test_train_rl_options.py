@@ -1,5 +1,5 @@
-"""The rl stage's options on a tiny model: advantage weighting, eta updates, anchors and their control, and
-Best-of-N throughout one M-SDE trajectory."""
+"""The rl stage's options on a tiny model: advantage weighting, eta updates, anchors and their control,
+Best-of-N throughout one M-SDE trajectory, and block-constant antithetic exploration."""
 import dataclasses
 
 import pytest
@@ -7,10 +7,13 @@ import torch
 
 from test_train_framework import tiny_config
 from test_train_stages import _batch, _stage
+from trajir.best_of_n import block_noise
+from trajir.train import randomness
 from trajir.train.config import Config
 from trajir.train.loop import train
 from trajir.train.randomness import sample_keys
-from trajir.train.rl import RLAlign, advantage_target, group_advantage
+from trajir.train.loop import build_optimizer
+from trajir.train.rl import RLAlign, advantage_target, gradient_estimate, group_advantage
 
 KEYS = sample_keys(0, 1, 0, 0, 1, 2)
 
@@ -139,3 +142,100 @@ def test_throughout_mode_trains_end_to_end_with_anchors(tmp_path, tiny_pretraine
         tiny_config(tmp_path, "rl.select=mean")
     with pytest.raises(ValueError, match="rl.eta_update must be one of winner, advantage, none"):
         tiny_config(tmp_path, "rl.eta_update=fixed")
+
+
+# --- structured exploration: block-constant branch noise, antithetic pairs --------------------------------------
+
+def test_block_noise_repeats_each_coarse_cell_over_its_block_and_crops():
+    coarse = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)     # [C = 2, h = 3, w = 2]
+    noise = block_noise(coarse, (8, 5))                                         # blocks of 3 x 3, cropped
+    assert noise.shape == (2, 8, 5)
+    for y in range(8):
+        for x in range(5):
+            assert noise[:, y, x].tolist() == coarse[:, y // 3, x // 3].tolist()
+    assert torch.equal(block_noise(coarse, (3, 2)), coarse)                     # one pixel per cell: unchanged
+    with pytest.raises(ValueError, match="4 x 2 cells cannot be spread over 3 x 5 pixels"):
+        block_noise(torch.zeros(4, 2), (3, 5))
+
+
+def test_branch_noise_white_blocks_and_antithetic_pairs(tmp_path, tiny_pretrained):
+    base = (f"run.init={tiny_pretrained}", "run.stage=rl", "rl.branches=4")
+    white = _stage(RLAlign, tiny_config(tmp_path, *base))
+    shape = (3, 16, 16)
+    z = white.branch_noise(KEYS, 5, shape, "cpu")
+    # scale 1 without pairs is the M-SDE's white noise, drawn exactly as before the option existed
+    assert torch.equal(z, randomness.normal(KEYS, 5, (4, *shape), "cpu").transpose(0, 1))
+    blocks = _stage(RLAlign, tiny_config(tmp_path, *base, "rl.explore_scale=8", "rl.antithetic=true"))
+    zb = blocks.branch_noise(KEYS, 5, shape, "cpu")
+    assert zb.shape == (4, 2, *shape)
+    assert torch.equal(zb[2:], -zb[:2])                                        # (z, -z) pairs
+    cells = zb.reshape(4, 2, 3, 2, 8, 2, 8)
+    assert torch.equal(cells, cells[..., :1, :, :1].expand_as(cells))          # constant on 8 x 8 blocks
+    assert not torch.equal(zb[:, :, :, :8], zb[:, :, :, 8:])                   # but the blocks differ
+    with pytest.raises(ValueError, match="rl.branches must be even, got 3"):
+        _stage(RLAlign, tiny_config(tmp_path, f"run.init={tiny_pretrained}", "run.stage=rl", "rl.branches=3",
+                                    "rl.antithetic=true"))
+    with pytest.raises(ValueError, match="rl.explore_scale must be >= 1, got 0"):
+        tiny_config(tmp_path, "rl.explore_scale=0")
+
+
+def test_antithetic_block_exploration_explores_and_trains(tmp_path, tiny_pretrained):
+    cfg = tiny_config(tmp_path, f"run.init={tiny_pretrained}", "run.stage=rl", "rl.branches=4", "rl.eta_fixed=0.5",
+                      "rl.explore_std=0", "rl.select=advantage", "rl.explore_scale=4", "rl.antithetic=true",
+                      "rl.target=noise")
+    stage = _stage(RLAlign, cfg)
+    e, s = stage.explore(_batch(cfg), KEYS)
+    deviation = e.x_next[1:] - e.x_next[:1]                                     # the branches' noise, [N, B, ...]
+    assert torch.allclose(deviation[2:], -deviation[:2], atol=1e-6)            # opposite pairs
+    h, w = deviation.shape[-2:]
+    cells = deviation.reshape(*deviation.shape[:-2], h // 4, 4, w // 4, 4)
+    assert torch.allclose(cells, cells[..., :1, :, :1].expand_as(cells), atol=1e-6)
+    assert deviation.abs().max() > 0
+    assert train(Config({**cfg, "run.max_steps": 2})) == "done"
+
+
+def test_gradient_estimate_by_hand_and_unbiased_for_a_linear_reward():
+    x_next = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 2.0]]])      # ODE + 2 branches, B = 1, D = 2
+    scores = torch.tensor([[3.0], [1.0]])
+    power = (1 + 4) / 2 / 2                                                  # mean square per element and branch
+    by_hand = (1.0 * torch.tensor([1.0, 0.0]) - 1.0 * torch.tensor([0.0, 2.0])) / 2 / power
+    assert torch.allclose(gradient_estimate(x_next, scores)[0], by_hand)
+    # a linear reward g . d over many white deviations: the estimate converges to g itself
+    gen = torch.Generator().manual_seed(1)
+    g = torch.tensor([0.5, -2.0, 1.0, 0.0, 3.0, -1.0])
+    d = 0.1 * torch.randn(40000, 1, 6, generator=gen)
+    estimate = gradient_estimate(torch.cat([torch.zeros(1, 1, 6), d]), (d @ g)[..., None].squeeze(-1))
+    assert torch.allclose(estimate[0], g, atol=0.06)
+    # the reward's scale is kept (the advantage target would normalise it away)
+    assert torch.allclose(gradient_estimate(torch.cat([torch.zeros(1, 1, 6), d]), 10 * (d @ g)), 10 * estimate,
+                          rtol=1e-4)
+
+
+def test_gradient_selection_moves_the_ode_step_along_the_estimate_for_every_sample(tmp_path, tiny_pretrained):
+    cfg = tiny_config(tmp_path, f"run.init={tiny_pretrained}", "run.stage=rl", "rl.branches=4", "rl.eta_fixed=0.5",
+                      "rl.explore_std=0", "rl.select=gradient", "rl.step_size=0.05", "rl.antithetic=true")
+    stage = _stage(RLAlign, cfg)
+    e, _ = stage.explore(_batch(cfg), KEYS)
+    target, weight = stage.alignment_target(e)
+    expected = e.x_next[0] + 0.05 * gradient_estimate(e.x_next, e.scores[1:])
+    assert torch.allclose(target, expected) and not torch.allclose(target, e.x_next[0])
+    assert weight.tolist() == [1.0, 1.0]
+    assert train(Config({**cfg, "run.max_steps": 2})) == "done"
+    with pytest.raises(ValueError, match="rl.step_size must be > 0"):
+        tiny_config(tmp_path, "rl.step_size=0")
+
+
+def test_sgd_takes_a_step_proportional_to_the_gradient(tmp_path):
+    cfg = tiny_config(tmp_path, "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.5")
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = build_optimizer(cfg, [{"params": [weight]}])
+    assert isinstance(optimizer, torch.optim.SGD)
+    gradient = torch.tensor([1.0, -2.0])                             # of the loss weight . gradient
+    for expected in ([0.9, -1.8], [0.75, -1.5]):                      # momentum 0.5: the 2nd step is 0.1 x 1.5 g
+        optimizer.zero_grad()
+        (weight * gradient).sum().backward()
+        optimizer.step()
+        assert weight.tolist() == pytest.approx(expected)
+    assert isinstance(build_optimizer(tiny_config(tmp_path), [{"params": [weight]}]), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="optim.name"):
+        tiny_config(tmp_path, "optim.name=lion")

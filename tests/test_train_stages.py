@@ -16,6 +16,7 @@ from trajir.train.randomness import sample_keys
 from trajir.train.restorers import CompactRestorer
 from trajir.train.rl import RLAlign, RLDistill
 from test_train_framework import tiny_config
+from trajir.train.config import Config
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,21 @@ def test_distill_selects_steps_from_the_teachers_real_cost_matrix(tmp_path, pret
         path = select_steps(cost, m)
         assert sum(float(cost[a, b]) for a, b in zip(path, path[1:])) == pytest.approx(best[0])
     assert stage.prepare(train_set) == select_steps(cost, 2)
+
+
+def test_distill_path_fixes_the_students_jumps_and_refuses_impossible_paths(tmp_path, pretrained):
+    cfg = tiny_config(tmp_path, f"run.init={pretrained}", "run.stage=distill", "distill.student_steps=2",
+                      "distill.cost_batches=1")
+    k = cfg["sampling.steps"]
+    train_set, _ = build.build_datasets(cfg)
+    chosen = _stage(Distill, cfg).prepare(train_set)
+    other = [0, 1, k] if chosen != [0, 1, k] else [0, k - 1, k]
+    stage = _stage(Distill, Config({**cfg, "distill.path": ",".join(map(str, other))}))
+    assert stage.prepare(train_set) == other and stage.recipe().path == other
+    for bad in ("0,1", f"1,2,{k}", f"0,2,1,{k}", f"0,{k},{k}", "0,x,4", f"0,1,{k + 1}"):
+        with pytest.raises(ValueError, match=f"distill.path must be 3 increasing grid indices from "
+                                             f"distill.start_index 0 to {k} .*got '{bad}'"):
+            _stage(Distill, Config({**cfg, "distill.path": bad})).prepare(train_set)
 
 
 def test_distill_lowers_its_loss_on_a_fixed_batch(tmp_path, pretrained):

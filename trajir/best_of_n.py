@@ -71,6 +71,20 @@ def branch(grid, x, pred, a, b, etas, noise):
     return stepped.reshape(n, *x.shape)
 
 
+def block_noise(coarse, size):
+    """Branch noise constant on blocks: ``coarse`` ``[..., h, w]`` (standard normal on a grid ``s`` times coarser
+    than the state) repeated ``s`` times along each side and cropped to ``size = (H, W)``. Every pixel keeps unit
+    variance, as in the M-SDE's white noise, but the noise spans only ``h * w`` directions per channel: Best-of-N
+    over N such branches finds the reward's ascent inside that subspace with a cosine of about sqrt(N / (C h w))
+    instead of sqrt(N / (C H W)) (docs/rl_diagnosis.md)."""
+    height, width = size
+    h, w = coarse.shape[-2:]
+    if h > height or w > width:
+        raise ValueError(f"a coarse noise of {h} x {w} cells cannot be spread over {height} x {width} pixels")
+    sy, sx = -(-height // h), -(-width // w)
+    return coarse.repeat_interleave(sy, -2).repeat_interleave(sx, -1)[..., :height, :width]
+
+
 def chunk_size(batch_size, images):
     """Latents per model call: ``batch_size`` rounded down to whole image batches (at least one), so each chunk
     lines up with ComfyUI's tiling of conditioning and control hints."""

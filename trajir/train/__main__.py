@@ -8,7 +8,9 @@ Analyses (same CONFIG and --set; models are exported compact-model files):
   python -m trajir.train evaluate CONFIG MODEL...  held-out PSNR / SSIM with 95 % intervals; later models are
                                                    also compared with the first on the same draws (paired)
   python -m trajir.train diagnose-rl CONFIG MODEL... [--out d.json]   Best-of-N win rate, target deviation vs the
-                                                   GT and reward-ascent directions over N, branch step, eta
+                                                   GT and reward-ascent directions over N, branch step, eta, scale
+  python -m trajir.train diagnose-rl CONFIG MODEL... --gradients        the RL gradient against the exact one, and
+                                                   whether the exact one improves held-apart samples
   python -m trajir.train analyze-cost CONFIG --set run.init=TEACHER [--out cost.png]   (Fig. 2)
   python -m trajir.train plot-trajectories CONFIG MODEL... [--out traj.png]             (Fig. 7)
 """
@@ -52,6 +54,8 @@ def parser():
     p.add_argument("--allow-config-change", action="store_true",
                    help="let --resume change training-relevant keys (optim.*, data.*, model.*, ...); without it a "
                         "resume whose config differs from the checkpoint's is refused")
+    p.add_argument("--gradients", action="store_true",
+                   help="diagnose-rl: compare the RL loss's gradient with the exact reward gradient in parameter space")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
     p.add_argument("--list-keys", action="store_true", help="list every config key and exit")
@@ -112,7 +116,11 @@ def run_command(command, cfg, args):
             raise SystemExit("trajir.train diagnose-rl: name at least one exported model file")
         import json
 
-        from .diagnosis import diagnose, markdown
+        if args.gradients:
+            from .gradient_check import check as diagnose
+            from .gradient_check import markdown
+        else:
+            from .diagnosis import diagnose, markdown
 
         results = {}
         for path in args.models:

@@ -48,11 +48,13 @@ DEFAULTS = {
         "prompt_embeddings": "",    # FLUX: file written by "TrajIR Save Conditioning" ("" = zeros)
     },
     "optim": {
+        "name": "adamw",            # adamw | sgd (with optim.momentum; its step follows the gradient's size)
         "lr": 2e-4,
         "weight_decay": 0.0,
         "beta1": 0.9,
         "beta2": 0.999,
         "eps": 1e-8,
+        "momentum": 0.9,            # sgd only
         "warmup_steps": 0,
         "schedule": "constant",     # constant | cosine
         "grad_clip": 1.0,           # 0 disables clipping
@@ -83,10 +85,17 @@ DEFAULTS = {
                                     # Best-of-N at every eligible step of one M-SDE trajectory that follows the winners
         "select": "best",           # best: regress onto the argmax of the N + 1 candidates (Algorithm 1);
                                     # advantage: onto the ODE step + the group-normalised reward-weighted mean of
-                                    # the N branches' deviations (every sample contributes)
+                                    # the N branches' deviations (every sample contributes); gradient: onto the ODE
+                                    # step + rl.step_size x the branches' estimate of the reward's gradient (rewards
+                                    # minus their mean, not normalised: steps and samples keep their true weight)
+        "step_size": 0.01,          # select = gradient: how far along the estimated reward gradient the target lies
         "eta_update": "winner",     # modulation network: winner (regress onto the winning eta), advantage (onto the
                                     # reward-weighted mean eta offset: no drift when eta does not matter), none
         "records": "",              # FLUX: a folder of Best-of-N branch records from ComfyUI to learn from instead
+        "explore_scale": 1,         # branch noise constant on blocks of this many pixels (latent cells) a side,
+                                    # unit variance per pixel: 1 is the M-SDE's white noise; larger explores fewer
+                                    # directions (C * ceil(H/s) * ceil(W/s)), so Best-of-N finds the ascent faster
+        "antithetic": False,        # branches in pairs with opposite noise (z, -z); needs an even rl.branches
     },
     "distill": {
         "student_steps": 1,         # M jumps of the student
@@ -96,6 +105,8 @@ DEFAULTS = {
         "rho": 0.5,                 # reference = (1 - rho) teacher + rho GT, Eq. (18)
         "ngs_w": 0.001,             # negative LQ guidance strength inside student jumps, Eq. (19)-(20)
         "teacher": "",              # teacher weights ("" = the init weights)
+        "path": "",                 # the student's jumps as grid indices, "0,9,10" ("" = chosen by the cost matrix;
+                                    # it starts at distill.start_index, ends at the last index, student_steps jumps)
     },
     "flux": {
         "base": "",                 # flux1-dev.safetensors (BFL layout)
@@ -118,6 +129,15 @@ DEFAULTS = {
         "rl_lr": 2e-5,
         "distill_steps": 300,
         "distill_lr": 5e-5,
+        "phase_ema": 0.99,          # EMA decay of every phase after pretraining (pretraining's 0.999 would export a
+                                    # model that is still about 80 % the starting weights after 200 steps)
+        "control_time_steps": 0,    # flow-matching steps of the wall-clock control, as long as the rl phase on the
+                                    # reference machine (0 = no such phase)
+        "ship_steps": 0,            # steps of the shipped student: a 2-step student fine-tuned onto the GT alone
+                                    # (distill.rho = 1); 0 = no such phase
+        "ship_lr": 1e-4,
+        "ship_from": "distill_2",   # the student it starts from: distill_2 | rl_distill_2
+        "ship_start_index": -1,     # its distill.start_index (-1 = the config's)
     },
     "eval": {                       # evaluate / reproduce: held-out units and bootstrap (trajir.train.evaluation)
         "crops": 6,                 # seeded crop windows (data.val_crop px) per held-out photo
@@ -138,12 +158,14 @@ CHOICES = {
     "model.kind": ("compact", "fluxir_controlnet", "lq_encoder"),
     "model.param": ("rf", "vp"),
     "model.preset": ("tiny", "small", "medium"),
+    "optim.name": ("adamw", "sgd"),
+    "reproduce.ship_from": ("distill_2", "rl_distill_2"),
     "optim.schedule": ("constant", "cosine"),
     "flux.base_dtype": ("bf16", "fp8", "fp32"),
     "flux.size": ("dev", "tiny"),
     "flux.controlnet": ("xlabs", "instantx"),
     "rl.target": ("branch", "noise"),
-    "rl.select": ("best", "advantage"),
+    "rl.select": ("best", "advantage", "gradient"),
     "rl.mode": ("branch", "throughout"),
     "rl.eta_update": ("winner", "advantage", "none"),
 }
@@ -246,16 +268,18 @@ def load_config(path=None, overrides=()):
 
 SEED_MAX = 2**63 - 1  # the data order and the per-sample keys derive 63-bit seeds from it
 AT_LEAST_1 = ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every", "run.keep_last",
-              "sampling.steps", "rl.branches", "rl.refresh_every", "distill.student_steps", "distill.cost_batches",
-              "val.batch_size", "val.draws", "reproduce.rl_steps", "reproduce.distill_steps", "eval.crops", "eval.draws",
+              "sampling.steps", "rl.branches", "rl.refresh_every", "rl.explore_scale", "distill.student_steps",
+              "distill.cost_batches", "val.batch_size", "val.draws", "reproduce.rl_steps", "reproduce.distill_steps", "eval.crops", "eval.draws",
               "eval.resamples")
 NON_NEGATIVE = ("run.val_every", "run.threads", "data.holdout", "optim.weight_decay", "optim.warmup_steps",
                 "optim.grad_clip", "optim.skip_nonfinite", "rl.eta_fixed", "rl.explore_std", "rl.gt_weight",
                 "rl.final_weight", "rl.align_weight", "distill.start_index", "distill.ngs_w", "flux.controlnet_depth",
-                "flux.controlnet_single_depth", "flux.controlnet_modes", "flux.controlnet_scale", "flux.guidance")
-POSITIVE = ("optim.lr", "optim.eps", "rl.eta_max", "rl.modulation_lr", "reproduce.rl_lr", "reproduce.distill_lr",
+                "flux.controlnet_single_depth", "flux.controlnet_modes", "flux.controlnet_scale", "flux.guidance",
+                "reproduce.control_time_steps", "reproduce.ship_steps")
+POSITIVE = ("optim.lr", "optim.eps", "rl.eta_max", "rl.modulation_lr", "rl.step_size", "reproduce.rl_lr", "reproduce.distill_lr",
+            "reproduce.ship_lr",
             "sampling.beta_start", "sampling.beta_end")
-UNIT_OPEN = ("optim.beta1", "optim.beta2", "model.ema_decay")  # [0, 1)
+UNIT_OPEN = ("optim.beta1", "optim.beta2", "optim.momentum", "model.ema_decay", "reproduce.phase_ema")  # [0, 1)
 MIN_CROP = 16
 
 
@@ -280,6 +304,9 @@ def check_ranges(cfg):
             raise ValueError(f"{key} must be 0 (whole images) or at least {MIN_CROP}, got {cfg[key]}")
     if not 0 <= cfg["distill.rho"] <= 1:
         raise ValueError(f"distill.rho must lie in [0, 1], got {cfg['distill.rho']}")
+    if cfg["reproduce.ship_start_index"] < -1:
+        raise ValueError(f"reproduce.ship_start_index must be -1 (the config's distill.start_index) or a grid index "
+                         f">= 0, got {cfg['reproduce.ship_start_index']}")
     if cfg["distill.lq_weight"] > 1:
         raise ValueError(f"distill.lq_weight must be < 0 (the schedule's value) or lie in [0, 1], got "
                          f"{cfg['distill.lq_weight']}")

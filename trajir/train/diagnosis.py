@@ -9,6 +9,10 @@ x_ode(t_{k+1})`` is compared with two directions at ``t_{k+1}``:
   ``t_{k+1}``, through the ODE continuation of the frozen sampler (first-order: what the best branch should
   approximate).
 
+With ``rl.explore_scale`` > 1 the branches explore only block-constant directions; ``ascent_share`` is then the
+share of the ascent's energy inside that subspace (1 for white noise): the most of the ascent such branches can
+find.
+
 Reported per setting: the win rate (a branch beats the ODE), the reward gain of the winner, the RMS of ``delta``
 per pixel, its projection on the GT direction (per pixel, so comparable to the RMS) and its cosines with both
 directions, for the argmax target (``best``) and the advantage-weighted one (``advantage``).
@@ -46,6 +50,16 @@ def reward_gradient(stage, x_next, position, s):
     return grad
 
 
+def block_projection(x, scale):
+    """``x`` ``[B, ..., H, W]`` projected on the functions constant on ``scale x scale`` blocks (the span of
+    ``trajir.best_of_n.block_noise``): each block replaced by its mean. ``scale`` must divide H and W."""
+    h, w = x.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"explore_scale {scale} does not divide the crop {h} x {w}")
+    blocks = x.reshape(*x.shape[:-2], h // scale, scale, w // scale, scale).mean((-3, -1), keepdim=True)
+    return blocks.expand(*x.shape[:-2], h // scale, scale, w // scale, scale).reshape(x.shape)
+
+
 def measure(stage, batch, keys):
     """One exploration of ``stage`` on ``batch``: ``{name: [B] tensor}`` of the quantities in the module docstring."""
     e, s = stage.explore(batch, keys)
@@ -60,8 +74,12 @@ def measure(stage, batch, keys):
         towards_gt = (1 - t_next) * (s["x0"] - grid.x0(ode_next, pred, c))
     ascent = reward_gradient(stage, ode_next, e.position, s)
     pixels = ode_next[0].numel()
+    scale = stage.cfg["rl.explore_scale"]
+    divides = ascent.shape[-2] % scale == 0 and ascent.shape[-1] % scale == 0
+    inside = block_projection(ascent, scale) if divides else torch.full_like(ascent, float("nan"))
     out = {"win": (e.best > 0).double(), "gain": (e.scores[e.best, rows] - e.scores[0]).double(),
-           "gt_rms": towards_gt.flatten(1).double().norm(dim=1) / pixels ** 0.5}
+           "gt_rms": towards_gt.flatten(1).double().norm(dim=1) / pixels ** 0.5,
+           "ascent_share": inside.flatten(1).double().norm(dim=1) ** 2 / ascent.flatten(1).double().norm(dim=1) ** 2}
     targets = {"best": e.x_next[e.best, rows], "advantage": advantage_target(e.x_next, group_advantage(e.scores[1:]))}
     unit_gt = towards_gt.flatten(1).double() / towards_gt.flatten(1).double().norm(dim=1, keepdim=True)
     for name, target in targets.items():
@@ -75,12 +93,15 @@ def measure(stage, batch, keys):
     return out
 
 
-def settings(branches=(4, 8, 16), branch_steps=(0, 2, 4, 6, 8), etas=(0.1, 0.3, 0.5), base_n=4, base_eta=0.3):
-    """The one-factor-at-a-time sweep: ``[(label, overrides)]`` over N, the branch step and eta."""
+def settings(branches=(4, 8, 16), branch_steps=(0, 2, 4, 6, 8), etas=(0.1, 0.3, 0.5), scales=(4, 8, 16, 48),
+             base_n=4, base_eta=0.3):
+    """The one-factor-at-a-time sweep: ``[(label, overrides)]`` over N, the branch step, eta and the exploration
+    scale (block-constant branch noise, ``rl.explore_scale``)."""
     out = [(f"N={n}", {"rl.branches": n, "rl.eta_fixed": base_eta}) for n in branches]
     out += [(f"k={k}", {"rl.branches": base_n, "rl.eta_fixed": base_eta, "rl.branch_steps": str(k)})
             for k in branch_steps]
     out += [(f"eta={eta}", {"rl.branches": base_n, "rl.eta_fixed": eta}) for eta in etas]
+    out += [(f"scale={s}", {"rl.branches": base_n, "rl.eta_fixed": base_eta, "rl.explore_scale": s}) for s in scales]
     return out
 
 
@@ -111,8 +132,8 @@ def diagnose(cfg, model_path, sweep=None, batches=2):
     return results
 
 
-COLUMNS = [("win", "win rate"), ("gain", "reward gain"), ("gt_rms", "GT dir. RMS"), ("best_rms", "best: RMS"),
-           ("best_proj_gt", "best: proj. GT"), ("best_cos_gt", "best: cos GT"),
+COLUMNS = [("win", "win rate"), ("gain", "reward gain"), ("gt_rms", "GT dir. RMS"), ("ascent_share", "ascent share"),
+           ("best_rms", "best: RMS"), ("best_proj_gt", "best: proj. GT"), ("best_cos_gt", "best: cos GT"),
            ("best_cos_ascent", "best: cos ascent"), ("advantage_rms", "adv.: RMS"),
            ("advantage_proj_gt", "adv.: proj. GT"), ("advantage_cos_ascent", "adv.: cos ascent")]
 

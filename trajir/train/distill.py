@@ -51,15 +51,26 @@ def cost_analysis(restorer, teacher, dataset, batches, batch_size, seed):
     return total / batches
 
 
-def student_path(cost, start, num_steps):
-    """``select_steps`` on the sub-grid from ``start`` to the clean end, as indices of the full grid."""
+def student_path(cost, start, num_steps, fixed=""):
+    """``select_steps`` on the sub-grid from ``start`` to the clean end, as indices of the full grid, or the path
+    ``fixed`` names ("0,9,10"), checked against the same constraints."""
     k = cost.shape[0] - 1
     if not 0 <= start < k:
         raise ValueError(f"distill.start_index must lie in 0..{k - 1}, got {start}")
     if num_steps > k - start:
         raise ValueError(f"distill.student_steps ({num_steps}) exceeds the {k - start} grid steps from "
                          f"distill.start_index {start}")
-    return [start + i for i in select_steps(cost[start:, start:], num_steps)]
+    if not fixed.strip():
+        return [start + i for i in select_steps(cost[start:, start:], num_steps)]
+    try:
+        path = [int(i) for i in fixed.split(",")]
+    except ValueError:
+        path = None
+    if (path is None or len(path) != num_steps + 1 or path[0] != start or path[-1] != k
+            or any(b <= a for a, b in zip(path, path[1:]))):
+        raise ValueError(f"distill.path must be {num_steps + 1} increasing grid indices from distill.start_index "
+                         f"{start} to {k} (distill.student_steps = {num_steps} jumps), got {fixed!r}")
+    return path
 
 
 class Distill(Stage):
@@ -85,7 +96,7 @@ class Distill(Stage):
         """Choose the student's jumps from the teacher's cost matrix (identical on every rank)."""
         self.cost = cost_analysis(self.restorer, self.teacher, train_set, self.cfg["distill.cost_batches"],
                                   self.cfg["run.batch_size"], self.cfg["run.seed"])
-        self.path = student_path(self.cost, self.start, self.cfg["distill.student_steps"])
+        self.path = student_path(self.cost, self.start, self.cfg["distill.student_steps"], self.cfg["distill.path"])
         if self.env.is_main:
             write_text(os.path.join(self.cfg["run.out_dir"], "distill_cost.json"),
                        json.dumps({"cost": self.cost.tolist(), "path": self.path}))

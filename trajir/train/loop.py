@@ -42,6 +42,16 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or inf; the run stopped without saving or exporting them."""
 
 
+def build_optimizer(cfg, groups):
+    """AdamW, or SGD with momentum (``optim.name = "sgd"``): SGD's step follows the gradient's size, so parameters
+    that a noisy, weak gradient (the RL stage's) barely touches move little instead of a full Adam step."""
+    if cfg["optim.name"] == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["optim.lr"], momentum=cfg["optim.momentum"],
+                               weight_decay=cfg["optim.weight_decay"])
+    return torch.optim.AdamW(groups, lr=cfg["optim.lr"], betas=(cfg["optim.beta1"], cfg["optim.beta2"]),
+                             eps=cfg["optim.eps"], weight_decay=cfg["optim.weight_decay"])
+
+
 def lr_factor(cfg):
     warmup, total, schedule = cfg["optim.warmup_steps"], cfg["run.max_steps"], cfg["optim.schedule"]
 
@@ -252,8 +262,7 @@ def _train(cfg, resume, env, allow_config_change=False):
         stage.model = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
     groups = stage.parameters()
     params = [p for g in groups for p in g["params"]] if isinstance(groups[0], dict) else groups
-    optimizer = torch.optim.AdamW(groups, lr=cfg["optim.lr"], betas=(cfg["optim.beta1"], cfg["optim.beta2"]),
-                                  eps=cfg["optim.eps"], weight_decay=cfg["optim.weight_decay"])
+    optimizer = build_optimizer(cfg, groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     ema = EMA(trained, cfg["model.ema_decay"]) if cfg["model.ema_decay"] > 0 else None
 

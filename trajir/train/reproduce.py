@@ -1,11 +1,13 @@
 """The CPU-scale reproduction of the paper's Table XII: one command trains and evaluates, for one task,
 
-pretrained (K NFE) -> RL-aligned (K NFE) and its same-compute control (as many flow-matching steps at the same
-learning rate from the same model) -> distilled students (1 and 2 NFE) from the pretrained model ("distillation
-only") and from the RL model ("RL + distillation"), then scores every model and the task's classical baseline on
+pretrained (K NFE) -> RL-aligned (K NFE) and its same-compute controls (flow matching from the same model for as
+many steps at the same learning rate, and for as long as the RL phase took) -> distilled students (1 and 2 NFE)
+from the pretrained model ("distillation only") and from the RL model ("RL + distillation") -> the shipped
+student (a 2-step student fine-tuned onto the GT), then scores every model and the task's classical baseline on
 the same held-out units (``trajir.train.evaluation``): means with 95 % intervals, and paired differences for the
 comparisons the paper's claims rest on. Every phase resumes from its checkpoints and a finished phase is skipped,
-so an interrupted reproduction continues where it stopped.
+so an interrupted reproduction continues where it stopped; each phase's wall-clock is kept in its folder
+(``seconds.txt``; a resumed phase counts its last run only) and reported.
 """
 import json
 import os
@@ -21,38 +23,54 @@ from .loop import train
 
 
 def phases(cfg):
-    """``(name, overrides, export file)`` in order; later phases start from earlier exports."""
+    """``([(name, overrides)], {name: export file}, common overrides)`` in order; later phases start from earlier
+    exports. Every phase after pretraining keeps an EMA of ``reproduce.phase_ema``."""
     out = cfg["run.out_dir"]
-    f = {name: os.path.join(out, name, "model.safetensors")
-         for name in ("pretrained", "rl", "control", "distill_1", "distill_2", "rl_distill_1", "rl_distill_2")}
+    names = ("pretrained", "rl", "control", "control_time", "distill_1", "distill_2", "rl_distill_1", "rl_distill_2",
+             "shipped")
+    f = {name: os.path.join(out, name, "model.safetensors") for name in names}
     common = {"run.export": "model.safetensors"}
-    distill = {"run.stage": "distill", "run.max_steps": cfg["reproduce.distill_steps"],
-               "optim.lr": cfg["reproduce.distill_lr"], "optim.warmup_steps": 0}
-    return [
+    after = {"optim.warmup_steps": 0, "model.ema_decay": cfg["reproduce.phase_ema"]}
+    tune = {**after, "run.init": f["pretrained"], "run.max_steps": cfg["reproduce.rl_steps"],
+            "optim.lr": cfg["reproduce.rl_lr"], "optim.schedule": "constant"}
+    distill = {**after, "run.stage": "distill", "run.max_steps": cfg["reproduce.distill_steps"],
+               "optim.lr": cfg["reproduce.distill_lr"]}
+    steps = [
         ("pretrained", {"run.stage": "pretrain"}),
-        ("rl", {"run.stage": "rl", "run.init": f["pretrained"], "run.max_steps": cfg["reproduce.rl_steps"],
-                "optim.lr": cfg["reproduce.rl_lr"], "optim.warmup_steps": 0, "optim.schedule": "constant"}),
-        ("control", {"run.stage": "pretrain", "run.init": f["pretrained"], "run.max_steps": cfg["reproduce.rl_steps"],
-                     "optim.lr": cfg["reproduce.rl_lr"], "optim.warmup_steps": 0, "optim.schedule": "constant"}),
+        ("rl", {**tune, "run.stage": "rl"}),
+        ("control", {**tune, "run.stage": "pretrain"}),
+    ]
+    if cfg["reproduce.control_time_steps"]:
+        steps.append(("control_time", {**tune, "run.stage": "pretrain",
+                                       "run.max_steps": cfg["reproduce.control_time_steps"]}))
+    steps += [
         ("distill_1", {**distill, "run.init": f["pretrained"], "distill.student_steps": 1}),
         ("distill_2", {**distill, "run.init": f["pretrained"], "distill.student_steps": 2}),
         ("rl_distill_1", {**distill, "run.init": f["rl"], "distill.student_steps": 1}),
         ("rl_distill_2", {**distill, "run.init": f["rl"], "distill.student_steps": 2}),
-    ], f, common
+    ]
+    if cfg["reproduce.ship_steps"]:
+        start = cfg["reproduce.ship_start_index"]
+        steps.append(("shipped", {**after, "run.stage": "distill", "run.init": f[cfg["reproduce.ship_from"]],
+                                  "run.max_steps": cfg["reproduce.ship_steps"], "optim.lr": cfg["reproduce.ship_lr"],
+                                  "distill.student_steps": 2, "distill.rho": 1.0,
+                                  "distill.start_index": cfg["distill.start_index"] if start < 0 else start}))
+    return steps, f, common
 
 
 ROWS = [("Baseline (pretrained)", "pretrained"), ("Control: flow matching, same steps and lr", "control"),
-        ("RL", "rl"), ("Distillation", "distill_2"), ("Distillation", "distill_1"),
-        ("RL + Distillation", "rl_distill_2"), ("RL + Distillation", "rl_distill_1")]
-# the paired comparisons behind the paper's claims: (row, compared with)
-COMPARISONS = [("rl", "pretrained"), ("rl", "control"), ("control", "pretrained"), ("rl_distill_2", "distill_2"),
-               ("rl_distill_1", "distill_1"), ("rl_distill_1", "pretrained"), ("distill_2", "pretrained")]
+        ("Control: flow matching, same wall-clock", "control_time"), ("RL", "rl"), ("Distillation", "distill_2"),
+        ("Distillation", "distill_1"), ("RL + Distillation", "rl_distill_2"), ("RL + Distillation", "rl_distill_1"),
+        ("Shipped: 2-step student fine-tuned onto the GT", "shipped")]
+# the paired comparisons behind the paper's claims: (row, compared with); "baseline" is the task's classical one
+COMPARISONS = [("rl", "pretrained"), ("rl", "control"), ("rl", "control_time"), ("control", "pretrained"),
+               ("control_time", "pretrained"), ("rl_distill_2", "distill_2"), ("rl_distill_1", "distill_1"),
+               ("rl_distill_1", "pretrained"), ("distill_2", "pretrained"), ("shipped", "baseline")]
 
 
 def reproduce(cfg, log=print, allow_config_change=False):
     """Run every phase, evaluate every model, write ``results.json`` and ``results.md``; return the rows."""
     steps, files, common = phases(cfg)
-    timings = {}
     for name, overrides in steps:
         phase = Config(cfg)
         phase.update(common)
@@ -67,15 +85,18 @@ def reproduce(cfg, log=print, allow_config_change=False):
         start = time.time()
         if train(phase, resume=resume, allow_config_change=allow_config_change) != "done":
             raise SystemExit(f"[reproduce] stopped during {name}; run the same command again to continue")
-        timings[name] = time.time() - start
+        write_text(_seconds_file(phase), f"{time.time() - start:.1f}\n")
+    timings = {name: _seconds(Config({**cfg, "run.out_dir": os.path.join(cfg["run.out_dir"], name)}))
+               for name, _ in steps}
     metrics = ["psnr", "ssim"] + (["lpips"] if "lpips" in available() else [])
     baseline = BASELINES.get(cfg["data.task"])
-    result = evaluate_models({name: files[name] for _, name in ROWS}, cfg, metrics,
+    ran = [name for name, _ in steps]
+    result = evaluate_models({name: files[name] for _, name in ROWS if name in ran}, cfg, metrics,
                              baselines={baseline[0]: baseline[1]} if baseline else None)
     log(f"[reproduce] evaluated on {describe(result['units'])}")
     rows = []
-    for label, name in [("Degraded input", "degraded input")] + ([("Classical baseline", baseline[0])]
-                                                                 if baseline else []) + ROWS:
+    shown = [("Degraded input", "degraded input")] + ([("Classical baseline", baseline[0])] if baseline else [])
+    for label, name in shown + [(label, name) for label, name in ROWS if name in ran]:
         row = {"method": label, "model": name, "nfe": result["nfe"][name]}
         for m in metrics:
             stats = summary(result, m, name)
@@ -83,6 +104,9 @@ def reproduce(cfg, log=print, allow_config_change=False):
         rows.append(row)
     comparisons = []
     for name, ref in COMPARISONS:
+        ref = baseline[0] if ref == "baseline" and baseline else ref
+        if name not in result["scores"] or ref not in result["scores"]:
+            continue
         entry = {"model": name, "reference": ref}
         for m in metrics:
             d = summary(result, m, name, reference=ref)["diff"]
@@ -93,9 +117,24 @@ def reproduce(cfg, log=print, allow_config_change=False):
                     "units": describe(result["units"]), "timings_s": timings, "cost_best_paths": cost["best_paths"]}
     write_text(os.path.join(cfg["run.out_dir"], "results.json"), json.dumps(summary_json, indent=1))
     table = markdown_table(rows, metrics) + "\n\n" + comparison_table(comparisons, metrics)
-    write_text(os.path.join(cfg["run.out_dir"], "results.md"), f"Held-out: {describe(result['units'])}\n\n{table}\n")
+    clock = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items() if seconds)
+    write_text(os.path.join(cfg["run.out_dir"], "results.md"),
+               f"Held-out: {describe(result['units'])}\n\nWall-clock per phase: {clock}\n\n{table}\n")
     log(table)
     return rows
+
+
+def _seconds_file(phase):
+    return os.path.join(phase["run.out_dir"], "seconds.txt")
+
+
+def _seconds(phase):
+    """The wall-clock a phase took so far (0 if it never ran or the file is unreadable)."""
+    try:
+        with open(_seconds_file(phase)) as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def markdown_table(rows, metrics):

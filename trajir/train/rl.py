@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..best_of_n import branch, repeat_candidates, select_best
+from ..best_of_n import block_noise, branch, repeat_candidates, select_best
 from ..compact import Recipe
 from ..modulation import ModulationConfig, ModulationMLP
 from ..trajectory import run, run_from_lq, take_rows
@@ -65,6 +65,20 @@ def advantage_target(x_next, advantages):
     return x_next[0] + (weights * deviation).mean(0)
 
 
+def gradient_estimate(x_next, scores):
+    """The branches' zeroth-order estimate of the reward's gradient at ``t_{k+1}``: ``sum_n (r_n - mean r) d_n /
+    (N |d|^2 / D)`` with ``d_n = x_next[n] - x_next[0]`` the N branches' deviations from the ODE step (``[N, B,
+    ...]``), ``|d|^2 / D`` their mean square per element. For Gaussian deviations of that power it is unbiased to
+    first order, and unlike the group-normalised advantage it keeps the reward's scale: a sample or a branch step
+    where the reward barely changes contributes little. With block noise (``rl.explore_scale``) it estimates
+    the gradient's projection onto block-constant images, times the block's pixel count."""
+    deviation = x_next[1:] - x_next[:1]
+    centred = scores - scores.mean(0, keepdim=True)
+    power = deviation.double().pow(2).flatten(2).mean(2).mean(0).clamp_min(1e-30)          # [B]
+    weights = centred.reshape(*centred.shape, *([1] * (deviation.ndim - 2))).to(deviation)
+    return (weights * deviation).mean(0) / power.reshape(-1, *([1] * (deviation.ndim - 2))).to(deviation)
+
+
 class RLAlign(Stage):
     name = "rl"
 
@@ -91,6 +105,8 @@ class RLAlign(Stage):
             raise ValueError(f"rl.branch_steps must be positions 0..{len(self.path) - 3} of the {len(self.path) - 1}"
                              f"-jump sampling path (never the last jump), got {cfg['rl.branch_steps']!r}")
         self.eligible = eligible
+        if cfg["rl.antithetic"] and self.branches % 2:
+            raise ValueError(f"rl.antithetic pairs the branches (z, -z): rl.branches must be even, got {self.branches}")
 
     def sampling_path(self, cfg, grid):
         """The trajectory RL aligns: the K-step ODE from pure noise (``rl``)."""
@@ -129,6 +145,16 @@ class RLAlign(Stage):
         jitter = randomness.normal(keys, 4, (n,), device).T if eta_net is not None else torch.zeros(n, b, device=device)
         return eta_net, (base[None] + self.explore_std * jitter).clamp(0, self.eta_max)
 
+    def branch_noise(self, keys, stream, shape, device):
+        """``[N, B, *shape]`` noise of the N branches: white as in the M-SDE, or constant on ``rl.explore_scale``
+        blocks (``trajir.best_of_n.block_noise``); with ``rl.antithetic`` the second half is the first negated."""
+        scale, draws = self.cfg["rl.explore_scale"], self.branches // 2 if self.cfg["rl.antithetic"] else self.branches
+        coarse = (*shape[:-2], -(-shape[-2] // scale), -(-shape[-1] // scale))
+        z = randomness.normal(keys, stream, (draws, *coarse), device).transpose(0, 1)   # [draws, B, ...]
+        if self.cfg["rl.antithetic"]:
+            z = torch.cat([z, -z])
+        return block_noise(z, shape[-2:]) if scale > 1 else z
+
     @torch.no_grad()
     def finish(self, x, position, s):
         """Continue the states ``x`` that sit at path positions ``position`` (per sample) with the frozen sampler's
@@ -161,7 +187,7 @@ class RLAlign(Stage):
             error = ((grid.x0(x_k, pred_k, a) - x0) ** 2).flatten(1).mean(1)
         eta_net, etas = self.branch_etas(error, grid.model_time(a, b).to(device), keys)   # [B], [N, B]
         with torch.no_grad():
-            z = randomness.normal(keys, 5, (n, *x0.shape[1:]), device).transpose(0, 1).to(x0)  # [N, B, ...]
+            z = self.branch_noise(keys, 5, x0.shape[1:], device).to(x0)                      # [N, B, ...]
             branches = branch(grid, x_k, pred_k, a, c, etas, z)                             # [N, B, ...]
             finals = self.finish(branches.flatten(0, 1), repeat_candidates(position, n) + 1,
                                  repeat_candidates({"cond": s["cond"], "lq": s["lq"]}, n))
@@ -195,11 +221,15 @@ class RLAlign(Stage):
 
     def alignment_target(self, e):
         """``(target [B, ...], weight [B])`` of Eq. (15): the winner (``rl.select = "best"``; weight 0 where the
-        ODE won) or the advantage-weighted target (``"advantage"``; weight 0 where all branches tied)."""
+        ODE won), the advantage-weighted target (``"advantage"``; weight 0 where all branches tied) or the ODE step
+        moved along the branches' gradient estimate (``"gradient"``)."""
         rows = torch.arange(e.best.shape[0], device=e.best.device)
         if self.cfg["rl.select"] == "advantage":
             advantages = group_advantage(e.scores[1:])
             return advantage_target(e.x_next, advantages).detach(), (advantages.abs().sum(0) > 0).float()
+        if self.cfg["rl.select"] == "gradient":
+            estimate = gradient_estimate(e.x_next, e.scores[1:])
+            return (e.x_next[0] + self.cfg["rl.step_size"] * estimate).detach(), torch.ones_like(e.scores[0])
         return e.x_next[e.best, rows].detach(), (e.best > 0).float()
 
     def eta_target(self, e):
@@ -281,8 +311,7 @@ class RLAlign(Stage):
             eta_net, etas = self.branch_etas(error, grid.model_time(a, b).to(device),
                                              [k + 1_000_003 * (p + 1) for k in keys])
             with torch.no_grad():
-                z = randomness.normal([k + 1_000_003 * (p + 1) for k in keys], 5, (n, *x0.shape[1:]),
-                                      device).transpose(0, 1).to(x0)
+                z = self.branch_noise([k + 1_000_003 * (p + 1) for k in keys], 5, x0.shape[1:], device).to(x0)
                 branches = branch(grid, x, pred, a, c, etas, z)                          # [N, B, ...]
                 position = torch.full((b,), p, device=device)
                 candidates = torch.cat([ode_next[None], branches])                       # [N + 1, B, ...]
