@@ -269,16 +269,15 @@ def load_config(path=None, overrides=()):
 SEED_MAX = 2**63 - 1  # the data order and the per-sample keys derive 63-bit seeds from it
 AT_LEAST_1 = ("run.max_steps", "run.batch_size", "run.grad_accum", "run.log_every", "run.save_every", "run.keep_last",
               "sampling.steps", "rl.branches", "rl.refresh_every", "rl.explore_scale", "distill.student_steps",
-              "distill.cost_batches", "val.batch_size", "val.draws", "reproduce.rl_steps", "reproduce.distill_steps", "eval.crops", "eval.draws",
-              "eval.resamples")
+              "distill.cost_batches", "val.batch_size", "val.draws", "reproduce.rl_steps", "reproduce.distill_steps",
+              "eval.crops", "eval.draws", "eval.resamples")
 NON_NEGATIVE = ("run.val_every", "run.threads", "data.holdout", "optim.weight_decay", "optim.warmup_steps",
                 "optim.grad_clip", "optim.skip_nonfinite", "rl.eta_fixed", "rl.explore_std", "rl.gt_weight",
                 "rl.final_weight", "rl.align_weight", "distill.start_index", "distill.ngs_w", "flux.controlnet_depth",
                 "flux.controlnet_single_depth", "flux.controlnet_modes", "flux.controlnet_scale", "flux.guidance",
                 "reproduce.control_time_steps", "reproduce.ship_steps")
-POSITIVE = ("optim.lr", "optim.eps", "rl.eta_max", "rl.modulation_lr", "rl.step_size", "reproduce.rl_lr", "reproduce.distill_lr",
-            "reproduce.ship_lr",
-            "sampling.beta_start", "sampling.beta_end")
+POSITIVE = ("optim.lr", "optim.eps", "rl.eta_max", "rl.modulation_lr", "rl.step_size", "reproduce.rl_lr",
+            "reproduce.distill_lr", "reproduce.ship_lr", "sampling.beta_start", "sampling.beta_end")
 UNIT_OPEN = ("optim.beta1", "optim.beta2", "optim.momentum", "model.ema_decay", "reproduce.phase_ema")  # [0, 1)
 MIN_CROP = 16
 

@@ -30,9 +30,18 @@ from .rl import RLAlign, advantage_target, group_advantage
 DIAGNOSIS_DRAW = 2_000_003  # the data draw of the diagnosis batches, apart from every training draw
 
 
-def _cos(a, b):
+def row_cosine(a, b):
+    """``[B]`` cosines between the rows of ``a`` and ``b`` (each flattened)."""
     a, b = a.flatten(1).double(), b.flatten(1).double()
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+
+
+def fixed_batches(cfg, train_set, draw, count):
+    """``count`` training batches of data draw ``draw`` with their per-sample keys, ``[(batch, keys)]``: the same
+    crops, degradations and noise every time they are asked for."""
+    size = cfg["run.batch_size"]
+    return [(collate([train_set.sample((j * size + i) % len(train_set), draw) for i in range(size)]),
+             sample_keys(cfg["run.seed"], draw, j, 0, 1, size)) for j in range(count)]
 
 
 def reward_gradient(stage, x_next, position, s):
@@ -86,8 +95,8 @@ def measure(stage, batch, keys):
         delta = (target - ode_next).flatten(1).double()
         out[f"{name}_rms"] = delta.norm(dim=1) / pixels ** 0.5
         out[f"{name}_proj_gt"] = (delta * unit_gt).sum(1) / pixels ** 0.5
-        out[f"{name}_cos_gt"] = _cos(delta, towards_gt)
-        out[f"{name}_cos_ascent"] = _cos(delta, ascent)
+        out[f"{name}_cos_gt"] = row_cosine(delta, towards_gt)
+        out[f"{name}_cos_ascent"] = row_cosine(delta, ascent)
     if e.eta_net is not None:
         out["eta_net"] = e.eta_net.detach().double()
     return out
@@ -112,9 +121,7 @@ def diagnose(cfg, model_path, sweep=None, batches=2):
 
     restorer, _ = load_restorer(model_path)
     train_set, _ = build.build_datasets(cfg)
-    size = cfg["run.batch_size"]
-    data = [collate([train_set.sample((j * size + i) % len(train_set), DIAGNOSIS_DRAW) for i in range(size)])
-            for j in range(batches)]
+    data = fixed_batches(cfg, train_set, DIAGNOSIS_DRAW, batches)
     results = {}
     for label, overrides in (sweep if sweep is not None else settings()):
         run = Config({**cfg, "run.init": str(model_path), "rl.explore_std": 0.0, **overrides})
@@ -124,9 +131,8 @@ def diagnose(cfg, model_path, sweep=None, batches=2):
         except ValueError:
             continue  # a branch step this grid does not have
         totals = {}
-        for j, batch in enumerate(data):
-            for name, values in measure(stage, batch, sample_keys(cfg["run.seed"], DIAGNOSIS_DRAW, j, 0, 1,
-                                                                  size)).items():
+        for batch, keys in data:
+            for name, values in measure(stage, batch, keys).items():
                 totals.setdefault(name, []).append(values)
         results[label] = {name: float(torch.cat(v).mean()) for name, v in totals.items()}
     return results

@@ -4,7 +4,7 @@ parameter space on a trained compact model (docs/rl_diagnosis.md §6):
 - ``rl_cosines``: per training batch, the cosine between the gradient of the stage's loss (Eq. (15), whatever the
   ``rl.*`` options) and the exact gradient of minus the final image's PSNR against the GT (the ``psnr`` reward),
   backpropagated through the whole ODE of the same model from the same noise. Both are descent directions of
-  their losses, so +1 means the RL step is the exact one. Their sum over branch steps is the chain rule: the exact gradient is the sum over
+  their losses, so +1 means the RL step is the exact one. By the chain rule the exact gradient is the sum over
   steps k of ``J_k^T g_{k+1}`` (``J_k``: the step's Jacobian in the parameters, ``g_{k+1}``: the final error's
   gradient at the next state), of which the RL loss estimates one term per sample.
 - ``held_apart_change``: the exact gradient averaged over ``n`` samples, and the change of the mean final PSNR
@@ -16,11 +16,11 @@ import copy
 
 import torch
 
-from ..data import collate
 from ..trajectory import run
 from . import build, randomness
 from .analysis import load_restorer
 from .config import Config
+from .diagnosis import fixed_batches, row_cosine
 from .distributed import DistEnv
 from .restorers import predictor
 from .rl import RLAlign
@@ -37,7 +37,8 @@ def _flat_grad(params):
 
 
 def _cos(a, b):
-    return float(torch.dot(a.double(), b.double()) / (a.double().norm() * b.double().norm()).clamp_min(1e-30))
+    """Cosine between two flat parameter vectors."""
+    return float(row_cosine(a[None], b[None]))
 
 
 def final_psnr(stage, net, batch, keys, grad=False):
@@ -90,12 +91,6 @@ def held_apart_change(stage, direction, batches, eps):
     return float(torch.cat([final_psnr(stage, moved, b, k) for b, k in batches]).double().mean()) - before
 
 
-def _batches(cfg, train_set, draw, first, count):
-    size = cfg["run.batch_size"]
-    return [(collate([train_set.sample(((first + j) * size + i) % len(train_set), draw) for i in range(size)]),
-             randomness.sample_keys(cfg["run.seed"], draw, first + j, 0, 1, size)) for j in range(count)]
-
-
 def check(cfg, model_path, rl_batches=4, sample_batches=(4, 16, 48), eps=(0.001, 0.003, 0.01), held_apart=12):
     """Both measurements for the ``rl.*`` settings of ``cfg`` on the model at ``model_path``:
     ``{"rl_cosines": [per batch], "held_apart": {samples: {eps: PSNR change in dB}}}``."""
@@ -104,12 +99,12 @@ def check(cfg, model_path, rl_batches=4, sample_batches=(4, 16, 48), eps=(0.001,
     stage = RLAlign(Config({**cfg, "run.init": str(model_path), "run.stage": "rl"}), restorer, DistEnv())
     train_set, _ = build.build_datasets(cfg)
     cosines = []
-    for batch, keys in _batches(cfg, train_set, CHECK_DRAW, 0, rl_batches):
+    for batch, keys in fixed_batches(cfg, train_set, CHECK_DRAW, rl_batches):
         cosines.append(_cos(rl_gradient(stage, batch, keys), exact_gradient(stage, [(batch, keys)])))
-    apart = _batches(cfg, train_set, HELD_APART_DRAW, 0, held_apart)
+    apart = fixed_batches(cfg, train_set, HELD_APART_DRAW, held_apart)
     changes = {}
     for count in sample_batches:
-        direction = exact_gradient(stage, _batches(cfg, train_set, CHECK_DRAW, 0, count))
+        direction = exact_gradient(stage, fixed_batches(cfg, train_set, CHECK_DRAW, count))
         changes[count * cfg["run.batch_size"]] = {e: held_apart_change(stage, direction, apart, e) for e in eps}
     return {"rl_cosines": cosines, "held_apart": changes}
 

@@ -85,9 +85,8 @@ def reproduce(cfg, log=print, allow_config_change=False):
         start = time.time()
         if train(phase, resume=resume, allow_config_change=allow_config_change) != "done":
             raise SystemExit(f"[reproduce] stopped during {name}; run the same command again to continue")
-        write_text(_seconds_file(phase), f"{time.time() - start:.1f}\n")
-    timings = {name: _seconds(Config({**cfg, "run.out_dir": os.path.join(cfg["run.out_dir"], name)}))
-               for name, _ in steps}
+        write_text(_seconds_file(phase["run.out_dir"]), f"{time.time() - start:.1f}\n")
+    timings = {name: _seconds(os.path.join(cfg["run.out_dir"], name)) for name, _ in steps}
     metrics = ["psnr", "ssim"] + (["lpips"] if "lpips" in available() else [])
     baseline = BASELINES.get(cfg["data.task"])
     ran = [name for name, _ in steps]
@@ -124,14 +123,14 @@ def reproduce(cfg, log=print, allow_config_change=False):
     return rows
 
 
-def _seconds_file(phase):
-    return os.path.join(phase["run.out_dir"], "seconds.txt")
+def _seconds_file(folder):
+    return os.path.join(folder, "seconds.txt")
 
 
-def _seconds(phase):
-    """The wall-clock a phase took so far (0 if it never ran or the file is unreadable)."""
+def _seconds(folder):
+    """The wall-clock the phase in ``folder`` took so far (0 if it never ran or the file is unreadable)."""
     try:
-        with open(_seconds_file(phase)) as f:
+        with open(_seconds_file(folder)) as f:
             return float(f.read())
     except (OSError, ValueError):
         return 0.0

@@ -308,10 +308,10 @@ class RLAlign(Stage):
                 continue
             with torch.no_grad():
                 error = ((grid.x0(x, pred, a) - x0) ** 2).flatten(1).mean(1)
-            eta_net, etas = self.branch_etas(error, grid.model_time(a, b).to(device),
-                                             [k + 1_000_003 * (p + 1) for k in keys])
+            step_keys = [k + 1_000_003 * (p + 1) for k in keys]
+            eta_net, etas = self.branch_etas(error, grid.model_time(a, b).to(device), step_keys)
             with torch.no_grad():
-                z = self.branch_noise([k + 1_000_003 * (p + 1) for k in keys], 5, x0.shape[1:], device).to(x0)
+                z = self.branch_noise(step_keys, 5, x0.shape[1:], device).to(x0)
                 branches = branch(grid, x, pred, a, c, etas, z)                          # [N, B, ...]
                 position = torch.full((b,), p, device=device)
                 candidates = torch.cat([ode_next[None], branches])                       # [N + 1, B, ...]
