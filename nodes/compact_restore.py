@@ -1,7 +1,7 @@
 """TrajIR Compact Restore: IMAGE -> IMAGE with a compact task-specific restorer, no FLUX needed.
 
 The shipped default restorers (``trajir/weights/``) and any compact model exported by ``python -m trajir.train``
-placed in ``ComfyUI/models/trajir/`` are offered. Each file carries its sampling recipe (steps, start, guidance).
+placed in ``ComfyUI/models/trajir/`` are offered. Each file carries its sampling recipe (steps, start, guidance, colour step).
 """
 import os
 
@@ -14,6 +14,8 @@ from .comfy_bridge import bchw_to_image, check_interrupt, image_to_bchw, model_f
 
 MODEL_FOLDER = "trajir"
 SHIPPED_SUFFIX = " (shipped)"
+# the node's colour choices -> restore()'s colour argument (None: the recipe's step)
+COLOUR_CHOICES = {"from model": None, "off": "", "lq_power_law": "lq_power_law"}
 
 
 def model_choices():
@@ -67,9 +69,14 @@ class TrajIRCompactRestore:
             "tile": ("INT", {"default": 256, "min": 0, "max": 4096, "step": 32,
                              "tooltip": "Tile size for large images (0 restores the whole image at once; else at "
                                         "least 32)."}),
+        }, "optional": {
+            "colour": (list(COLOUR_CHOICES), {
+                "default": "from model",
+                "tooltip": "Colour step after sampling: the model's own (the shipped low-light restorer takes its "
+                           "colour from the input under the low-light power law), none, or that step forced."}),
         }}
 
-    def restore(self, image, model, seed, tile):
+    def restore(self, image, model, seed, tile, colour="from model"):
         import comfy.model_management
         import comfy.utils
 
@@ -77,6 +84,8 @@ class TrajIRCompactRestore:
         require_unit_interval("image", images)
         require_seed("seed", seed)
         tile_overlap(tile)  # a tile size that cannot work fails here, before the model is loaded
+        if colour not in COLOUR_CHOICES:
+            raise ValueError(f"colour must be one of {list(COLOUR_CHOICES)}, got {colour!r}")
         device = comfy.model_management.get_torch_device()
         net, recipe = load_compact(model_file(model), device=device)
         bar = comfy.utils.ProgressBar(images.shape[0])
@@ -84,6 +93,6 @@ class TrajIRCompactRestore:
         for i in range(images.shape[0]):
             check_interrupt()
             out.append(restore(net, recipe, images[i:i + 1], seed=(seed + i) % (SEED_MAX + 1), tile=tile,
-                               progress=lambda done, total: check_interrupt()))
+                               progress=lambda done, total: check_interrupt(), colour=COLOUR_CHOICES[colour]))
             bar.update(1)
         return (bchw_to_image(torch.cat(out)),)

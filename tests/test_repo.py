@@ -149,7 +149,7 @@ LAYERS = [  # docs/architecture.md §2, lowest first
     {"grids", "samplers"},
     {"trajectory", "best_of_n"},
     {"models", "rewards", "data", "modulation", "conditioning"},
-    {"compact", "baselines"},
+    {"compact", "colour", "baselines"},
     {"restore", "train", "bench", "__main__", "__init__"},
 ]
 

@@ -45,6 +45,29 @@ def test_cli_restores_a_file_and_the_demo_reports_psnr(tmp_path, capsys):
     assert "PSNR" in out and (tmp_path / "demo" / "demo_lowlight.png").is_file()
 
 
+def test_the_shipped_low_light_restorer_takes_its_colour_from_the_input(tmp_path):
+    """The demo photo's colour cast: the colour step brings the channel proportions near the original's."""
+    net, recipe = load_compact(SHIPPED["lowlight"])
+    assert recipe.colour == "lq_power_law" and load_compact(SHIPPED["underwater"])[1].colour == ""
+    _, held_out = sample_split()
+    gt = read_image(held_out[0])[None][..., :128, :192]
+    lq = degrade("lowlight", gt, 0)
+
+    def proportions(x):
+        m = x.mean((0, 2, 3))
+        return m / m.sum()
+    error = {c: float((proportions(restore(net, recipe, lq, colour=c)) - proportions(gt)).abs().max())
+             for c in ("", None)}
+    assert error[None] < 0.5 * error[""]
+    write_png(tmp_path / "dark.png", lq[0])
+    for option in ("off", "model"):
+        assert main([str(tmp_path / "dark.png"), "--task", "lowlight", "--colour", option,
+                     "-o", str(tmp_path / f"{option}.png")]) == 0
+    off, default = read_image(tmp_path / "off.png"), read_image(tmp_path / "model.png")
+    assert float((proportions(default[None]) - proportions(gt)).abs().max()) < error[""]
+    assert not torch.allclose(off, default, atol=0.02)
+
+
 def test_cli_errors_name_the_problem(tmp_path):
     with pytest.raises(SystemExit, match="no shipped restorer for task 'sky'"):
         main(["x.png", "--task", "sky"])

@@ -75,6 +75,7 @@ def test_reproduce_runs_every_phase_then_skips_finished_ones(tmp_path, capsys):
 
     cfg = tiny_config(tmp_path, "run.max_steps=6", "reproduce.rl_steps=2", "reproduce.distill_steps=2",
                       "reproduce.control_time_steps=3", "reproduce.ship_steps=2", "reproduce.phase_ema=0.5",
+                      "reproduce.ship_colour=lq_power_law",
                       "eval.crops=1", "eval.draws=1", "eval.resamples=200", "rl.branches=2", "distill.cost_batches=1")
     rows = reproduce(cfg, log=lambda *_: None)
     assert [(r["model"], r["nfe"]) for r in rows] == [
@@ -101,6 +102,10 @@ def test_reproduce_runs_every_phase_then_skips_finished_ones(tmp_path, capsys):
     # the shipped student: distill_2 fine-tuned onto the GT alone
     assert shipped["distill.rho"] == 1.0 and shipped["distill.student_steps"] == 2
     assert shipped["run.init"].endswith("distill_2/model.safetensors") and shipped["run.max_steps"] == 2
+    # only the shipped student carries the colour step, in its exported recipe
+    assert shipped["sampling.colour"] == "lq_power_law" and phase("distill_2")["sampling.colour"] == ""
+    exported = {name: load_compact(tmp_path / name / "model.safetensors")[1].colour for name in ("shipped", "rl")}
+    assert exported == {"shipped": "lq_power_law", "rl": ""}
     pairs = {(c["model"], c["reference"]): c for c in saved["comparisons"]}
     assert {("rl", "pretrained"), ("rl", "control"), ("rl", "control_time"), ("rl_distill_1", "distill_1"),
             ("shipped", "gamma + non-local means")} <= set(pairs)
@@ -108,6 +113,7 @@ def test_reproduce_runs_every_phase_then_skips_finished_ones(tmp_path, capsys):
     assert c["d_psnr_lo"] <= c["d_psnr"] <= c["d_psnr_hi"]
     text = (tmp_path / "results.md").read_text()
     assert "| RL + Distillation | rl_distill_1 | 1 |" in text and "| rl | control |" in text
+    assert "fine-tuned onto the GT (colour step: lq_power_law) | shipped | 2 |" in text
     assert "| rl | control_time |" in text and "Wall-clock per phase: pretrained " in text
     assert (tmp_path / "cost_rl.png").is_file()
     messages = []

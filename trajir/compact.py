@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from .checks import require_image_batch, require_seed, require_unit_interval
+from .colour import COLOUR_STEPS, match_lq_colour
 from .grids import grid_from_description
 from .tiling import blend_tiles, tile_overlap
 from .trajectory import run_from_lq
@@ -29,6 +30,7 @@ class Recipe:
     lq_weight: float = None                     # weight of the LQ image in the start state (None: the schedule's)
     ngs_w: float = 0.0                          # negative LQ guidance strength inside each jump
     task: str = ""
+    colour: str = ""                            # colour step after sampling: "" none, "lq_power_law" (trajir.colour)
     note: str = ""
 
     def __post_init__(self):
@@ -42,6 +44,8 @@ class Recipe:
                              f"got {self.path}")
         if self.lq_weight is not None and not 0.0 <= self.lq_weight <= 1.0:
             raise ValueError(f"recipe lq_weight must lie in [0, 1], got {self.lq_weight}")
+        if self.colour not in COLOUR_STEPS:
+            raise ValueError(f"recipe colour must be one of {COLOUR_STEPS}, got {self.colour!r}")
 
     @property
     def nfe(self):
@@ -74,6 +78,13 @@ def load_compact(path, device="cpu"):
     return net.eval().requires_grad_(False), Recipe.from_json(meta[RECIPE_KEY])
 
 
+def finish_colour(images, lq, step):
+    """``images`` (0..1) after the recipe's colour step ``step`` (``Recipe.colour``) against their ``lq`` images."""
+    if step not in COLOUR_STEPS:
+        raise ValueError(f"colour step must be one of {COLOUR_STEPS}, got {step!r}")
+    return match_lq_colour(images, lq) if step == "lq_power_law" else images
+
+
 def to_state(images):
     return images * 2 - 1
 
@@ -83,19 +94,23 @@ def to_images(states):
 
 
 @torch.no_grad()
-def restore(model, recipe, lq, seed=0, tile=0, overlap=None, progress=None):
+def restore(model, recipe, lq, seed=0, tile=0, overlap=None, progress=None, colour=None):
     """Restore ``lq`` ``[B, 3, H, W]`` (0..1) with ``model`` following ``recipe``; returns images in 0..1.
 
     ``tile > 0`` (at least 32) processes overlapping tiles of that size and blends them over ``overlap`` pixels
     (default ``min(32, tile // 4)``; ``trajir.tiling.tile_overlap``), for large images on small memory; the noise is
     drawn once for the whole image (CPU, from ``seed``, an integer in [0, 2^64 - 1]), so tiles agree where they
     overlap.
-    ``progress(done, total)`` is called after each tile.
+    ``progress(done, total)`` is called after each tile. ``colour`` overrides the recipe's colour step (None: the
+    recipe's; ``""``: none); it runs once on the whole image, after the tiles are blended.
     """
     require_image_batch("lq", lq)
     require_unit_interval("lq", lq)
     require_seed("seed", seed)
     overlap = tile_overlap(tile, overlap)
+    colour = recipe.colour if colour is None else colour
+    if colour not in COLOUR_STEPS:
+        raise ValueError(f"colour must be one of {COLOUR_STEPS}, got {colour!r}")
     grid = grid_from_description(recipe.grid)
     device = next(model.parameters()).device
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(int(seed)))
@@ -115,8 +130,8 @@ def restore(model, recipe, lq, seed=0, tile=0, overlap=None, progress=None):
         out = run(lq_state, noise)
         if progress is not None:
             progress(1, 1)
-        return to_images(out)
+        return finish_colour(to_images(out), lq.float().cpu(), colour)
     # lq and noise travel as one tensor, so every tile gets the matching crops of both
     out = blend_tiles(lambda part: run(part[:, :3], part[:, 3:]), torch.cat([lq_state, noise], dim=1), tile, overlap,
                       out_channels=3, progress=progress)
-    return to_images(out)
+    return finish_colour(to_images(out), lq.float().cpu(), colour)

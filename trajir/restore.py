@@ -122,19 +122,19 @@ def check_outputs(pairs, sizes):
                              f"images need up to {size / 1e6:.2f} MB")
 
 
-def restore_file(path, net, recipe, out_path, seed=0, tile=256):
+def restore_file(path, net, recipe, out_path, seed=0, tile=256, colour=None):
     lq = read_image(path)[None]
     with tqdm(total=1, desc=os.path.basename(str(path)), unit="tile", leave=False) as bar:
         def progress(done, total):
             bar.total = total
             bar.n = done
             bar.refresh()
-        out = restore(net, recipe, lq, seed=seed, tile=tile, progress=progress)
+        out = restore(net, recipe, lq, seed=seed, tile=tile, progress=progress, colour=colour)
     write_png(out_path, out[0])
     return out
 
 
-def demo(net, recipe, task, out_dir, seed=0):
+def demo(net, recipe, task, out_dir, seed=0, colour=None):
     """Degrade a held-out sample photo for ``task``, restore it, write ``LQ | restored | GT`` and report PSNR."""
     from .rewards import score
 
@@ -143,7 +143,7 @@ def demo(net, recipe, task, out_dir, seed=0):
     h, w = (s // 8 * 8 for s in gt.shape[-2:])
     gt = gt[..., :h, :w]
     lq = degrade(task, gt, seed)
-    out = restore(net, recipe, lq, seed=seed)
+    out = restore(net, recipe, lq, seed=seed, colour=colour)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"demo_{task}.png")
     write_png(path, torch.cat([lq[0], out[0], gt[0]], dim=-1))
@@ -151,6 +151,9 @@ def demo(net, recipe, task, out_dir, seed=0):
     print(f"{task} on {held_out[0].name}: PSNR {before:.2f} dB (degraded) -> {after:.2f} dB (restored, "
           f"{recipe.nfe} NFE); wrote {path} (degraded | restored | original)")
     return before, after
+
+
+COLOUR_OPTIONS = {"model": None, "off": "", "lq_power_law": "lq_power_law"}  # --colour -> restore(colour=)
 
 
 def main(argv=None):
@@ -164,6 +167,9 @@ def main(argv=None):
                    help=f"tile size for large images, at least {MIN_TILE} (0: whole image at once)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise, in [0, 2^64 - 1]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--colour", choices=sorted(COLOUR_OPTIONS), default="model",
+                   help="colour step after sampling: the model file's own (default), off, or lq_power_law (take the "
+                        "colour from the input under the low-light power law; trajir.colour)")
     p.add_argument("--demo", action="store_true", help="degrade a held-out sample photo, restore it, report PSNR")
     p.add_argument("--list", action="store_true", help="list the shipped restorers")
     args = p.parse_args(argv)
@@ -189,7 +195,7 @@ def run(args):
     net, recipe = load_compact(path, device=device)
     task = args.task or recipe.task
     if args.demo:
-        demo(net, recipe, task, args.out or "restored", args.seed)
+        demo(net, recipe, task, args.out or "restored", args.seed, COLOUR_OPTIONS[args.colour])
         return 0
     sizes = [tuple(read_image(image).shape[-2:]) for image in args.images]  # decoded once: a damaged file fails now
     pairs, notes = output_targets(args.images, args.out)
@@ -197,7 +203,7 @@ def run(args):
     for note in notes:
         print(f"trajir.restore: {note}", file=sys.stderr)
     for image, target in tqdm(pairs, desc="images", disable=len(pairs) < 2):
-        restore_file(image, net, recipe, target, args.seed, args.tile)
+        restore_file(image, net, recipe, target, args.seed, args.tile, COLOUR_OPTIONS[args.colour])
         print(f"{image} -> {target}")
     return 0
 

@@ -121,7 +121,8 @@ SAMPLING_NOTE = ("**TrajIR sampling:** LQ Initial State starts at step {start} o
 
 def compact_workflow(g, task, photo, metric_weights, prefix, title):
     pair = sample_input(g, 0, photo, task, title="Input: a held-out bundled photo, degraded")
-    restored = g.add("TrajIRCompactRestore", 1, {"model": f"{task} (shipped)", "seed": 0, "tile": 256},
+    restored = g.add("TrajIRCompactRestore", 1, {"model": f"{task} (shipped)", "seed": 0, "tile": 256,
+                                                "colour": "from model"},
                      {"image": pair.out("lq")})
     stitched = g.add("ImageStitch", 1, {"direction": "right", "match_image_size": True, "spacing_width": 0,
                                         "spacing_color": "white"}, {"image1": pair.out("lq"), "image2": restored})
@@ -172,7 +173,8 @@ A CPU-scale demonstration of the FLUX-IR recipe trained on four photos, not a ge
 
 def build_evaluate(g):
     pair = sample_input(g, 0, "chelsea", "lowlight", title="Input: a held-out bundled photo, degraded")
-    restored = g.add("TrajIRCompactRestore", 1, {"model": "lowlight (shipped)", "seed": 0, "tile": 256},
+    restored = g.add("TrajIRCompactRestore", 1, {"model": "lowlight (shipped)", "seed": 0, "tile": 256,
+                                                        "colour": "from model"},
                      {"image": pair.out("lq")}, title="The restorer under test")
     show(g, 2, pair.out("lq"), restored, title="degraded | restored")
     scores(g, 1, pair.out("lq"), restored, "custom", "PSNR, SSIM, NIQE: 0 = input, 1 = restored",

@@ -9,6 +9,8 @@ import json
 import math
 import tomllib
 
+from ..colour import COLOUR_STEPS
+
 DEFAULTS = {
     "run": {
         "out_dir": "runs/trajir",   # checkpoints, logs, exports and validation grids go here
@@ -65,6 +67,7 @@ DEFAULTS = {
         "shift": 0.0,               # rf: FLUX time shift mu of the grid (0 = uniform)
         "beta_start": 1e-4,         # vp: linear beta schedule of the grid
         "beta_end": 0.99,
+        "colour": "",               # colour step the exported recipe applies after sampling (trajir.colour)
     },
     "rl": {
         "branches": 4,              # N M-SDE branches per sample (the ODE continuation is candidate 0)
@@ -138,6 +141,7 @@ DEFAULTS = {
         "ship_lr": 1e-4,
         "ship_from": "distill_2",   # the student it starts from: distill_2 | rl_distill_2
         "ship_start_index": -1,     # its distill.start_index (-1 = the config's)
+        "ship_colour": "",          # its recipe's colour step (sampling.colour), e.g. "lq_power_law" for low light
     },
     "eval": {                       # evaluate / reproduce: held-out units and bootstrap (trajir.train.evaluation)
         "crops": 6,                 # seeded crop windows (data.val_crop px) per held-out photo
@@ -309,13 +313,16 @@ def check_ranges(cfg):
     if cfg["distill.lq_weight"] > 1:
         raise ValueError(f"distill.lq_weight must be < 0 (the schedule's value) or lie in [0, 1], got "
                          f"{cfg['distill.lq_weight']}")
+    for key in ("sampling.colour", "reproduce.ship_colour"):
+        if cfg[key] not in COLOUR_STEPS:
+            raise ValueError(f"{key} must be one of {COLOUR_STEPS}, got {cfg[key]!r}")
 
 
 # Keys a resumed run may change freely: where and how often it logs, saves, validates and evaluates, how long it
 # runs, on which device and threads. Every other key shapes the training itself, and a resume that changes one is
 # refused (trajir.train --allow-config-change accepts it).
 RESUME_FREE = ("run.out_dir", "run.max_steps", "run.log_every", "run.save_every", "run.keep_last", "run.val_every",
-               "run.export", "run.threads", "run.device", "flux.gradient_checkpointing")
+               "run.export", "run.threads", "run.device", "flux.gradient_checkpointing", "sampling.colour")
 RESUME_FREE_SECTIONS = ("val", "reproduce", "eval")
 
 

@@ -21,7 +21,7 @@ from ..data.rng import derive_seed
 from ..data.samples import FOLDER as SAMPLES_FOLDER
 from ..data.images import list_images
 from ..grids import grid_from_description
-from ..compact import load_compact, to_images, to_state
+from ..compact import finish_colour, load_compact, to_images, to_state
 from ..rewards import score
 from ..trajectory import run_from_lq
 from . import build
@@ -108,7 +108,7 @@ def model_restorer(net, recipe, device="cpu"):
         lq_state = to_state(lq.to(device).float())
         x = run_from_lq(grid, recipe.path, lambda x, i, _: net(x, lq_state, grid.model_time(i, x.shape[0]).to(device)),
                         lq_state, noise, recipe.lq_weight, recipe.ngs_w).final
-        return to_images(x).cpu()
+        return finish_colour(to_images(x).cpu(), lq.float(), recipe.colour)
     return run
 
 

@@ -54,6 +54,7 @@ def phases(cfg):
         steps.append(("shipped", {**after, "run.stage": "distill", "run.init": f[cfg["reproduce.ship_from"]],
                                   "run.max_steps": cfg["reproduce.ship_steps"], "optim.lr": cfg["reproduce.ship_lr"],
                                   "distill.student_steps": 2, "distill.rho": 1.0,
+                                  "sampling.colour": cfg["reproduce.ship_colour"],
                                   "distill.start_index": cfg["distill.start_index"] if start < 0 else start}))
     return steps, f, common
 
@@ -96,6 +97,8 @@ def reproduce(cfg, log=print, allow_config_change=False):
     rows = []
     shown = [("Degraded input", "degraded input")] + ([("Classical baseline", baseline[0])] if baseline else [])
     for label, name in shown + [(label, name) for label, name in ROWS if name in ran]:
+        if name == "shipped" and cfg["reproduce.ship_colour"]:
+            label += f" (colour step: {cfg['reproduce.ship_colour']})"
         row = {"method": label, "model": name, "nfe": result["nfe"][name]}
         for m in metrics:
             stats = summary(result, m, name)

@@ -6,7 +6,7 @@ the trained module, and to ``decode`` states into images for the reward.
 """
 import torch
 
-from ..compact import to_images, to_state
+from ..compact import finish_colour, to_images, to_state
 from ..grids import grid_from_description
 from ..trajectory import run_from_lq
 
@@ -54,4 +54,4 @@ def sample_images(restorer, net, recipe, lq_images, seed):
     with torch.no_grad():
         out = run_from_lq(grid, recipe.path, predictor(restorer, net, grid), lq, noise, recipe.lq_weight,
                           recipe.ngs_w, s["cond"])
-    return restorer.decode(out.final)
+    return finish_colour(restorer.decode(out.final), lq_images.to(lq.device).float(), recipe.colour)

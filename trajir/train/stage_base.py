@@ -60,7 +60,9 @@ class Stage:
         name = (cfg["run.export"] or getattr(self.restorer, "export_name", "")
                 or f"{self.restorer.kind}_{self.name.replace('+', '_')}.safetensors")
         path = os.path.join(cfg["run.out_dir"], name)
-        return save(net, path, metadata={"trajir_recipe": self.recipe().to_json()})
+        recipe = self.recipe()
+        recipe.colour = cfg["sampling.colour"]
+        return save(net, path, metadata={"trajir_recipe": recipe.to_json()})
 
 
 def evaluate(restorer, net, recipe, datasets, metrics, batch_size=2, draws=1, grid_rows=0):
