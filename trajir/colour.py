@@ -17,6 +17,13 @@ from .checks import require_image_batch
 COLOUR_STEPS = ("", "lq_power_law")   # the values of Recipe.colour: none, match_lq_colour
 
 
+def require_colour_step(name, step):
+    """``step`` if it is one of ``COLOUR_STEPS``, else an error naming ``name``."""
+    if step not in COLOUR_STEPS:
+        raise ValueError(f"{name} must be one of {COLOUR_STEPS}, got {step!r}")
+    return step
+
+
 def power_law_gamma(lq, restored, block=4, quantile=0.25, bounds=(1.0, 5.0)):
     """Per image, the gamma of ``lq ~ gain * restored ** gamma`` -> ``[B]``.
 

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from .checks import require_image_batch, require_seed, require_unit_interval
-from .colour import COLOUR_STEPS, match_lq_colour
+from .colour import match_lq_colour, require_colour_step
 from .grids import grid_from_description
 from .tiling import blend_tiles, tile_overlap
 from .trajectory import run_from_lq
@@ -44,8 +44,7 @@ class Recipe:
                              f"got {self.path}")
         if self.lq_weight is not None and not 0.0 <= self.lq_weight <= 1.0:
             raise ValueError(f"recipe lq_weight must lie in [0, 1], got {self.lq_weight}")
-        if self.colour not in COLOUR_STEPS:
-            raise ValueError(f"recipe colour must be one of {COLOUR_STEPS}, got {self.colour!r}")
+        require_colour_step("recipe colour", self.colour)
 
     @property
     def nfe(self):
@@ -80,8 +79,7 @@ def load_compact(path, device="cpu"):
 
 def finish_colour(images, lq, step):
     """``images`` (0..1) after the recipe's colour step ``step`` (``Recipe.colour``) against their ``lq`` images."""
-    if step not in COLOUR_STEPS:
-        raise ValueError(f"colour step must be one of {COLOUR_STEPS}, got {step!r}")
+    require_colour_step("colour step", step)
     return match_lq_colour(images, lq) if step == "lq_power_law" else images
 
 
@@ -108,9 +106,7 @@ def restore(model, recipe, lq, seed=0, tile=0, overlap=None, progress=None, colo
     require_unit_interval("lq", lq)
     require_seed("seed", seed)
     overlap = tile_overlap(tile, overlap)
-    colour = recipe.colour if colour is None else colour
-    if colour not in COLOUR_STEPS:
-        raise ValueError(f"colour must be one of {COLOUR_STEPS}, got {colour!r}")
+    colour = require_colour_step("colour", recipe.colour if colour is None else colour)  # before sampling
     grid = grid_from_description(recipe.grid)
     device = next(model.parameters()).device
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(int(seed)))

@@ -9,7 +9,7 @@ import json
 import math
 import tomllib
 
-from ..colour import COLOUR_STEPS
+from ..colour import require_colour_step
 
 DEFAULTS = {
     "run": {
@@ -314,8 +314,7 @@ def check_ranges(cfg):
         raise ValueError(f"distill.lq_weight must be < 0 (the schedule's value) or lie in [0, 1], got "
                          f"{cfg['distill.lq_weight']}")
     for key in ("sampling.colour", "reproduce.ship_colour"):
-        if cfg[key] not in COLOUR_STEPS:
-            raise ValueError(f"{key} must be one of {COLOUR_STEPS}, got {cfg[key]!r}")
+        require_colour_step(key, cfg[key])
 
 
 # Keys a resumed run may change freely: where and how often it logs, saves, validates and evaluates, how long it
