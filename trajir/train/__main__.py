@@ -7,6 +7,10 @@ Analyses (same CONFIG and --set; models are exported compact-model files):
   python -m trajir.train reproduce CONFIG          pretrain -> RL -> distill, evaluate, print Table XII
   python -m trajir.train evaluate CONFIG MODEL...  held-out PSNR / SSIM with 95 % intervals; later models are
                                                    also compared with the first on the same draws (paired)
+  python -m trajir.train compare-seeds CONFIG --pair A1 B1 --pair A2 B2 ...   recipe A against recipe B over
+                                                   training seeds (one pair of exported models per seed): per
+                                                   seed the paired difference, then their mean with a Student-t
+                                                   interval over the seeds
   python -m trajir.train diagnose-rl CONFIG MODEL... [--out d.json]   Best-of-N win rate, target deviation vs the
                                                    GT and reward-ascent directions over N, branch step, eta, scale
   python -m trajir.train diagnose-rl CONFIG MODEL... --gradients        the RL gradient against the exact one, and
@@ -39,7 +43,7 @@ def resolve_config(name):
                      f"{', '.join(shipped_configs())}")
 
 
-COMMANDS = ("reproduce", "evaluate", "diagnose-rl", "analyze-cost", "plot-trajectories")
+COMMANDS = ("reproduce", "evaluate", "compare-seeds", "diagnose-rl", "analyze-cost", "plot-trajectories")
 
 
 def parser():
@@ -47,6 +51,8 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="TOML file or shipped config name")
     p.add_argument("models", nargs="*", help="exported models (evaluate, plot-trajectories)")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="compare-seeds: the models of recipe A and recipe B trained with one seed (repeat per seed)")
     p.add_argument("--out", help="output PNG (analyze-cost, plot-trajectories) or JSON (diagnose-rl)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set optim.lr=1e-4")
@@ -111,6 +117,15 @@ def run_command(command, cfg, args):
         result = evaluate_models(labels, cfg)
         print(f"held-out: {describe(result['units'])}")
         print(report(result, ["psnr", "ssim"], list(labels), reference=args.models[0] if len(labels) > 1 else None))
+    elif command == "compare-seeds":
+        if len(args.pair) < 2:
+            raise SystemExit("trajir.train compare-seeds: give --pair A B once per training seed, at least twice")
+        from .evaluation import describe, evaluate_models
+        from .seeds import seed_report
+
+        result = evaluate_models({path: path for pair in args.pair for path in pair}, cfg)
+        print(f"held-out: {describe(result['units'])}")
+        print(seed_report(result, [tuple(pair) for pair in args.pair]))
     elif command == "diagnose-rl":
         if not args.models:
             raise SystemExit("trajir.train diagnose-rl: name at least one exported model file")
