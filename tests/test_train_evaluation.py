@@ -100,3 +100,18 @@ def test_evaluate_command_prints_intervals_and_the_paired_difference(tmp_path, t
     lines = [line for line in out.splitlines() if line.startswith(f"| {tiny_pretrained}")]
     assert len(lines) == 2 and "+0.00 [+0.00, +0.00]" in lines[1]    # the same model: no difference at all
     assert "2 held-out photos" in out
+
+
+def test_intervals_print_at_each_metrics_precision_in_every_table():
+    assert evaluation.format_interval(19.2345, 18.1, 20.55, "psnr") == "19.23 [18.10, 20.55]"
+    assert evaluation.format_interval(0.0131, -0.001, 0.026, "ssim", signed=True) == "+0.0131 [-0.0010, +0.0260]"
+    from trajir.train.reproduce import comparison_table, markdown_table
+
+    rows = [{"method": "x", "model": "m", "nfe": 2, "psnr": 19.2345, "psnr_lo": 18.1, "psnr_hi": 20.55,
+             "ssim": 0.69123, "ssim_lo": 0.6, "ssim_hi": 0.71}]
+    assert markdown_table(rows, ["psnr", "ssim"]).splitlines()[2] == \
+        "| x | m | 2 | 19.23 [18.10, 20.55] | 0.6912 [0.6000, 0.7100] |"
+    diffs = [{"model": "rl", "reference": "pre", "d_psnr": -0.234, "d_psnr_lo": -0.85, "d_psnr_hi": 0.33,
+              "d_ssim": 0.0131, "d_ssim_lo": -0.001, "d_ssim_hi": 0.026, "p_psnr_le_0": 0.77}]
+    assert comparison_table(diffs, ["psnr", "ssim"]).splitlines()[2] == \
+        "| rl | pre | -0.23 [-0.85, +0.33] | +0.0131 [-0.0010, +0.0260] | 0.770 |"

@@ -200,8 +200,15 @@ def describe(units):
             f"{tuple(units.lq.shape[-2:])[0]} px crops")
 
 
-def _interval(row, digits):
-    return f"{row['mean']:.{digits}f} [{row['lo']:.{digits}f}, {row['hi']:.{digits}f}]"
+def metric_digits(metric):
+    """Decimals a metric is printed with: PSNR to 0.01 dB, the others (SSIM, LPIPS, ...) to 0.0001."""
+    return 2 if metric.startswith("psnr") else 4
+
+
+def format_interval(mean, lo, hi, metric, signed=False):
+    """``mean [lo, hi]`` at the metric's precision; ``signed`` for differences (``+0.30 [-0.07, +0.68]``)."""
+    spec = f"{'+' if signed else ''}.{metric_digits(metric)}f"
+    return f"{mean:{spec}} [{lo:{spec}}, {hi:{spec}}]"
 
 
 def report(result, metrics, labels, reference=None, against=None):
@@ -216,8 +223,8 @@ def report(result, metrics, labels, reference=None, against=None):
         head += " | compared with | " + " | ".join(f"Δ{m.upper()} [95 %]" for m in metrics) + " | P(ΔPSNR ≤ 0)"
     lines = [head + " |", "|---" * (2 + len(metrics) + (len(metrics) + 2 if against else 0)) + "|"]
     for label in labels:
-        digits = {m: 2 if m.startswith("psnr") else 4 for m in metrics}
-        cells = [_interval(summary(result, m, label), digits[m]) for m in metrics]
+        rows = {m: summary(result, m, label) for m in metrics}
+        cells = [format_interval(r["mean"], r["lo"], r["hi"], m) for m, r in rows.items()]
         line = f"| {label} | {result['nfe'][label]} | " + " | ".join(cells)
         if against:
             ref = against.get(label)
@@ -225,9 +232,8 @@ def report(result, metrics, labels, reference=None, against=None):
                 line += " | – |" + " – |" * len(metrics) + " –"
             else:
                 diffs = [summary(result, m, label, reference=ref)["diff"] for m in metrics]
-                line += f" | {ref} | " + " | ".join(
-                    f"{d['mean']:+.{digits[m]}f} [{d['lo']:+.{digits[m]}f}, {d['hi']:+.{digits[m]}f}]"
-                    for d, m in zip(diffs, metrics))
+                line += f" | {ref} | " + " | ".join(format_interval(d["mean"], d["lo"], d["hi"], m, signed=True)
+                                                     for d, m in zip(diffs, metrics))
                 line += f" | {diffs[0]['p_le_0']:.3f}" if metrics[0].startswith("psnr") else " | –"
         lines.append(line + " |")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from ..baselines import BASELINES
 from ..rewards import available
 from ..safefiles import write_text
 from .analysis import analyze_cost
-from .evaluation import describe, evaluate_models, summary
+from .evaluation import describe, evaluate_models, format_interval, summary
 from .config import Config
 from .loop import train
 
@@ -144,10 +144,7 @@ def markdown_table(rows, metrics):
     head = "| method | model | NFE | " + " | ".join(f"{m.upper()} [95 %]" for m in metrics) + " |"
     lines = [head, "|" + "---|" * (3 + len(metrics))]
     for r in rows:
-        cells = []
-        for m in metrics:
-            d = 2 if m.startswith("psnr") else 4
-            cells.append(f"{r[m]:.{d}f} [{r[m + '_lo']:.{d}f}, {r[m + '_hi']:.{d}f}]")
+        cells = [format_interval(r[m], r[m + "_lo"], r[m + "_hi"], m) for m in metrics]
         lines.append(f"| {r['method']} | {r['model']} | {r['nfe']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -157,9 +154,7 @@ def comparison_table(comparisons, metrics):
     head = "| model | compared with | " + " | ".join(f"Δ{m.upper()} [95 %]" for m in metrics) + " | P(ΔPSNR ≤ 0) |"
     lines = [head, "|" + "---|" * (3 + len(metrics))]
     for c in comparisons:
-        cells = []
-        for m in metrics:
-            d = 2 if m.startswith("psnr") else 4
-            cells.append(f"{c['d_' + m]:+.{d}f} [{c['d_' + m + '_lo']:+.{d}f}, {c['d_' + m + '_hi']:+.{d}f}]")
+        cells = [format_interval(c["d_" + m], c["d_" + m + "_lo"], c["d_" + m + "_hi"], m, signed=True)
+                 for m in metrics]
         lines.append(f"| {c['model']} | {c['reference']} | " + " | ".join(cells) + f" | {c['p_psnr_le_0']:.3f} |")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .evaluation import paired_difference
+from .evaluation import format_interval, paired_difference
 
 
 def _t_density(x, df):
@@ -70,7 +70,6 @@ def seed_report(result, pairs, metrics=("psnr", "ssim")):
     if len(pairs) < 2:
         raise ValueError(f"pairs: compare at least 2 seeds (one model pair per seed), got {len(pairs)}")
     scores, resamples = result["scores"], result["resamples"]
-    digits = {m: 2 if m.startswith("psnr") else 4 for m in metrics}
     lines = ["| seed | A − B | " + " | ".join(f"Δ{m.upper()} [95 %]" for m in metrics) + " |",
              "|---" * (2 + len(metrics)) + "|"]
     per_seed = {m: [] for m in metrics}
@@ -79,11 +78,9 @@ def seed_report(result, pairs, metrics=("psnr", "ssim")):
         for m in metrics:
             d = paired_difference(scores[a][m], scores[b][m], resamples=resamples)
             per_seed[m].append(d["mean"])
-            cells.append(f"{d['mean']:+.{digits[m]}f} [{d['lo']:+.{digits[m]}f}, {d['hi']:+.{digits[m]}f}]")
+            cells.append(format_interval(d["mean"], d["lo"], d["hi"], m, signed=True))
         lines.append(f"| {i} | {a} − {b} | " + " | ".join(cells) + " |")
-    cells = []
-    for m in metrics:
-        s = seed_interval(per_seed[m])
-        cells.append(f"{s['mean']:+.{digits[m]}f} [{s['lo']:+.{digits[m]}f}, {s['hi']:+.{digits[m]}f}]")
+    over_seeds = {m: seed_interval(per_seed[m]) for m in metrics}
+    cells = [format_interval(s["mean"], s["lo"], s["hi"], m, signed=True) for m, s in over_seeds.items()]
     lines.append(f"| mean over {len(pairs)} seeds | Student t over the seeds | " + " | ".join(cells) + " |")
     return "\n".join(lines)
